@@ -168,5 +168,6 @@ def load_component(
     state_dict = read_state_dict(weights)
     model = build(config, list(state_dict))
     assign_state_dict(model, state_dict, str(weights), optional)
-    model.to(device=device or "cpu", dtype=torch_dtype or torch.float32)
+    # nn.Module.to: diffusers' ModelMixin.to warns about fp32-pinned modules that PASD has none of.
+    nn.Module.to(model, device=device or "cpu", dtype=torch_dtype or torch.float32)
     return model.eval()

@@ -116,10 +116,6 @@ class PasdUNet2DConditionModel(UNet2DConditionModel):
         if has_control != (mid_block_additional_residual is not None):
             raise ValueError("Pass both down_block_additional_residuals and mid_block_additional_residual, or neither")
         controls = tuple(down_block_additional_residuals) if has_control else ()
-        if has_control and len(controls) != sum(len(b.resnets) for b in self.down_blocks) + 1:
-            raise ValueError(
-                f"Expected {sum(len(b.resnets) for b in self.down_blocks) + 1} down residuals, got {len(controls)}"
-            )
 
         up_factor = 2**self.num_upsamplers
         forward_upsample_size = any(dim % up_factor != 0 for dim in sample.shape[-2:])
@@ -167,6 +163,8 @@ class PasdUNet2DConditionModel(UNet2DConditionModel):
                 sample, res = block(hidden_states=sample, temb=emb)
             skips += res
         if has_control:
+            if len(controls) != len(skips):
+                raise ValueError(f"Expected {len(skips)} down residuals, got {len(controls)}")
             skips = tuple(s + c for s, c in zip(skips, controls, strict=True))
 
         # 3. middle

@@ -1,0 +1,196 @@
+"""Tiny PASD model folders with seeded random weights, in exactly the official layout.
+
+Real weights can never be downloaded on the machines that build and test this project, so tests
+and self-checks run on these: same folder layout, file names, config keys and state-dict key names
+as the official checkpoints (``unet/``, ``controlnet/``, ``vae/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``), only with tiny widths. Everything is written locally, including a
+small byte-level BPE vocabulary for the CLIP tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UniPCMultistepScheduler
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .controlnet import PasdControlNetModel
+from .manifest import ModelManifest, write_manifest
+from .unet import PasdUNet2DConditionModel
+
+TinyVariant = Literal["full", "light", "color"]
+TINY_VARIANTS: tuple[TinyVariant, ...] = ("full", "light", "color")
+
+SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_VERSION = "0.29.2"  # the version the official PASD configs were written with
+
+# Shaped like SD1.5 (4 levels, 2 layers per block, 12 + 1 ControlNet residuals, cross attention in
+# the top three levels), only narrow.
+TINY_UNET_CONFIG: dict[str, Any] = {
+    "_class_name": "UNet2DConditionModel",
+    "_diffusers_version": DIFFUSERS_VERSION,
+    "act_fn": "silu",
+    "attention_head_dim": 2,
+    "block_out_channels": [8, 16, 16, 16],
+    "center_input_sample": False,
+    "cross_attention_dim": 32,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 4,
+    "out_channels": 4,
+    "sample_size": 8,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+
+TINY_CONDITIONING_CHANNELS = [4, 8, 8, 16]
+
+_PROMPT_WORDS = (
+    "a photo of the old man woman child dog cat house tree sky face portrait building street "
+    "clean high resolution 8k detailed sharp blurry dotted noise raster lines unclear lowres "
+    "over smoothed colorful vivid natural color black white"
+).split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte → printable-character table (the BPE alphabet)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    chars = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(keep, map(chr, chars), strict=True))
+
+
+def write_tokenizer(folder: Path, max_length: int = 77) -> int:
+    """Write a small CLIP BPE tokenizer (vocab.json, merges.txt, configs); returns the vocab size."""
+    alphabet = sorted(set(_bytes_to_unicode().values()))
+    vocab: list[str] = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(_PROMPT_WORDS):
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        left = symbols[0]
+        for right in symbols[1:]:
+            pair = (left, right)
+            left = left + right
+            if pair not in merges:
+                merges.append(pair)
+                vocab.append(left)
+    vocab = list(dict.fromkeys(vocab)) + ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "do_lower_case": True,
+         "errors": "replace", "add_prefix_space": False, **special}, indent=2))
+    return len(vocab)
+
+
+def _write_component(folder: Path, config: dict[str, Any], model: torch.nn.Module) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / SAFETENSORS_NAME), metadata={"format": "pt"})
+
+
+def _randomize(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Seeded non-zero weights everywhere (the zero convolutions too), so every path is exercised."""
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p[0].numel() if p.ndim > 1 else p.numel()
+            p.copy_(torch.randn(p.shape, generator=generator) / max(fan_in, 1) ** 0.5)
+
+
+def tiny_unet_config() -> dict[str, Any]:
+    return json.loads(json.dumps(TINY_UNET_CONFIG))
+
+
+def tiny_controlnet_config(use_rrdb: bool = False) -> dict[str, Any]:
+    cfg = tiny_unet_config()
+    for key in ("out_channels", "up_block_types", "center_input_sample", "sample_size"):
+        cfg.pop(key)
+    cfg.update(
+        _class_name="ControlNetModel",
+        conditioning_channels=3,
+        conditioning_embedding_out_channels=TINY_CONDITIONING_CHANNELS,
+        controlnet_conditioning_channel_order="rgb",
+        global_pool_conditions=False,
+        return_rgbs=True,
+        use_rrdb=use_rrdb,
+    )
+    return cfg
+
+
+def write_pasd_components(folder: Path, variant: Literal["full", "light"], use_rrdb: bool, seed: int) -> None:
+    """``unet/`` and ``controlnet/`` of a tiny PASD checkpoint."""
+    gen = torch.Generator().manual_seed(seed)
+    unet_cfg = tiny_unet_config()
+    unet = PasdUNet2DConditionModel.from_config(unet_cfg, pasd_variant=variant)
+    _randomize(unet, gen)
+    _write_component(folder / "unet", unet_cfg, unet)
+    cn_cfg = tiny_controlnet_config(use_rrdb)
+    controlnet = PasdControlNetModel.from_config(cn_cfg)
+    _randomize(controlnet, gen)
+    _write_component(folder / "controlnet", cn_cfg, controlnet)
+
+
+def write_tiny_model(folder: str | Path, variant: TinyVariant = "full", seed: int = 0, use_rrdb: bool = False) -> Path:
+    """Write a complete tiny model folder; ``color`` is PASD-light with a zero-terminal-SNR scheduler."""
+    if variant not in TINY_VARIANTS:
+        raise ValueError(f"variant must be one of {TINY_VARIANTS}, not {variant!r}")
+    root = Path(folder).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    arch: Literal["full", "light"] = "full" if variant == "full" else "light"
+    write_pasd_components(root, arch, use_rrdb, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    vocab_size = write_tokenizer(root / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+    text_cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=1,
+    )
+    text_encoder = CLIPTextModel(text_cfg)
+    _randomize(text_encoder, gen)
+    text_encoder.save_pretrained(str(root / "text_encoder"))
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4, sample_size=64,
+        block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    _randomize(vae, gen)
+    vae.save_pretrained(str(root / "vae"))
+
+    if variant == "color":
+        scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                  rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False,
+                                  steps_offset=1)
+    else:
+        scheduler = UniPCMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                            steps_offset=1)
+    scheduler.save_pretrained(str(root / "scheduler"))
+
+    write_manifest(root, ModelManifest(
+        id=root.name, variant=arch, tasks=("colorize",) if variant == "color" else ("upscale",),
+        description=f"Tiny random-weight PASD ({variant}) for tests; draws noise, not pictures.",
+        licence="Apache-2.0 (generated locally)", tiny=True, use_rrdb=use_rrdb,
+    ))
+    return root
