@@ -1,0 +1,9 @@
+"""``python -m backend …``: see :mod:`backend.cli`."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

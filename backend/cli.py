@@ -1,0 +1,109 @@
+"""Command line of the backend: model management now; upscale/colorize/serve join it later.
+
+Exit codes: 0 success, 1 a model or download problem (with a message that says what to do),
+2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from .models.tiny import write_tiny_model
+
+    root = write_tiny_model(args.dir, variant=args.variant, seed=args.seed, use_rrdb=args.rrdb)
+    print(f"Wrote a tiny {args.variant} PASD model to {root}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models.registry import REGISTRY
+    from .models.store import _models_dir, installed_models
+
+    root = _models_dir(args.models)
+    installed = {m.root.name: m for m in installed_models(root)}
+    print(f"Model folder: {root}")
+    print(f"{'id':<18} {'tasks':<10} {'variant':<8} {'size':>9}  {'status':<10} licence")
+    for spec in REGISTRY.values():
+        status = "installed" if spec.id in installed or (root / spec.id / spec.files[0]).is_file() else "-"
+        size = f"{spec.size_bytes / 1e9:.2f} GB"
+        print(f"{spec.id:<18} {','.join(spec.tasks) or 'base':<10} {spec.variant or '-':<8} {size:>9}  "
+              f"{status:<10} {spec.licence}")
+    for name, model in installed.items():
+        if name not in REGISTRY:
+            m = model.manifest
+            print(f"{name:<18} {','.join(m.tasks):<10} {m.variant:<8} {'':>9}  {'local':<10} {m.licence}")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .models.registry import get_spec, with_requirements
+    from .models.store import download_model
+
+    for model_id in args.ids:
+        specs = with_requirements(model_id)
+        total = sum(s.size_bytes for s in specs)
+        print(f"Downloading {model_id} with {', '.join(s.id for s in specs[:-1]) or 'nothing else'}: "
+              f"up to {total / 1e9:.2f} GB")
+        path = download_model(model_id, args.models, progress=not args.quiet)
+        print(f"{get_spec(model_id).title}: ready in {path}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .models import PasdControlNetModel, PasdUNet2DConditionModel
+    from .models.store import resolve_model
+
+    model = resolve_model(args.model, args.models)
+    unet = PasdUNet2DConditionModel.from_pretrained(model.manifest.resolve(model.root, "unet"))
+    controlnet = PasdControlNetModel.from_pretrained(model.manifest.resolve(model.root, "controlnet"))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    print(f"{model.root}: PASD-{unet.pasd_variant}, tasks {', '.join(model.manifest.tasks)}")
+    print(f"  unet:       {count(unet) / 1e6:10.2f} M parameters, loaded strictly")
+    print(f"  controlnet: {count(controlnet) / 1e6:10.2f} M parameters, rrdb={controlnet.config.use_rrdb}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="GIMP Diffusion Upscale backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random-weight model folder in the official layout")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--variant", choices=("full", "light", "color"), default="full")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rrdb", action="store_true", help="give the ControlNet the RRDB pre-processing blocks")
+    p.set_defaults(func=_cmd_tiny_model)
+
+    p = sub.add_parser("models", help="list known and installed models")
+    p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("download", help="download models from the Hugging Face hub")
+    p.add_argument("ids", nargs="+")
+    p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("inspect", help="load a model folder strictly and describe it")
+    p.add_argument("model", help="model id or folder")
+    p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
+    p.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .models.loading import ModelLoadError
+    from .models.store import ModelDownloadError
+
+    try:
+        return args.func(args)
+    except (ModelLoadError, ModelDownloadError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 1

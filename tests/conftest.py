@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.models.tiny import write_tiny_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny model folder per variant (plus a full one with the RRDB ControlNet), official layout."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "full": write_tiny_model(root / "tiny-full", "full", seed=1),
+        "light": write_tiny_model(root / "tiny-light", "light", seed=2),
+        "color": write_tiny_model(root / "tiny-color", "color", seed=3),
+        "full_rrdb": write_tiny_model(root / "tiny-full-rrdb", "full", seed=4, use_rrdb=True),
+    }
