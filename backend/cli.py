@@ -31,8 +31,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for spec in REGISTRY.values():
         status = "installed" if spec.id in installed or (root / spec.id / spec.files[0]).is_file() else "-"
         size = f"{spec.size_bytes / 1e9:.2f} GB"
-        print(f"{spec.id:<18} {','.join(spec.tasks) or 'base':<10} {spec.variant or '-':<8} {size:>9}  "
-              f"{status:<10} {spec.licence}")
+        print(
+            f"{spec.id:<18} {','.join(spec.tasks) or 'base':<10} {spec.variant or '-':<8} {size:>9}  "
+            f"{status:<10} {spec.licence}"
+        )
     for name, model in installed.items():
         if name not in REGISTRY:
             m = model.manifest
@@ -47,8 +49,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
     for model_id in args.ids:
         specs = with_requirements(model_id)
         total = sum(s.size_bytes for s in specs)
-        print(f"Downloading {model_id} with {', '.join(s.id for s in specs[:-1]) or 'nothing else'}: "
-              f"up to {total / 1e9:.2f} GB")
+        print(
+            f"Downloading {model_id} with {', '.join(s.id for s in specs[:-1]) or 'nothing else'}: "
+            f"up to {total / 1e9:.2f} GB"
+        )
         path = download_model(model_id, args.models, progress=not args.quiet)
         print(f"{get_spec(model_id).title}: ready in {path}")
     return 0

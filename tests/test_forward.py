@@ -12,21 +12,33 @@ from backend.models.tiny import write_pasd_components
 
 
 def load(folder: Path):
-    return (PasdUNet2DConditionModel.from_pretrained(folder / "unet"),
-            PasdControlNetModel.from_pretrained(folder / "controlnet"))
+    return (
+        PasdUNet2DConditionModel.from_pretrained(folder / "unet"),
+        PasdControlNetModel.from_pretrained(folder / "controlnet"),
+    )
 
 
 def inputs(h: int, w: int, seed: int = 0, batch: int = 1):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 4, h, w, generator=gen), torch.tensor([500] * batch),
-            torch.randn(batch, 77, 32, generator=gen), torch.rand(batch, 3, 8 * h, 8 * w, generator=gen))
+    return (
+        torch.randn(batch, 4, h, w, generator=gen),
+        torch.tensor([500] * batch),
+        torch.randn(batch, 77, 32, generator=gen),
+        torch.rand(batch, 3, 8 * h, 8 * w, generator=gen),
+    )
 
 
 def run(unet, controlnet, sample, t, text, cond, scale=1.0):
     with torch.no_grad():
         down, mid = controlnet(sample, t, text, cond, conditioning_scale=scale, return_dict=False)
-        out = unet(sample, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                   return_dict=False)[0]
+        out = unet(
+            sample,
+            t,
+            text,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
     return down, mid, out
 
 
@@ -41,7 +53,8 @@ def test_same_seed_same_model_and_output(tmp_path: Path) -> None:
     assert torch.equal(out_a, out_b)
     assert not torch.allclose(out_a, out_c)
     assert (tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
-        tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+        tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize(("h", "w"), [(8, 8), (12, 20), (5, 3)])
@@ -76,8 +89,14 @@ def test_pixel_attention_reads_the_residuals(tiny_models, variant: str) -> None:
     # same skips (residual sums) but the pixel-aware attention sees other residuals
     shifted = [d + 0.5 for d in down]
     with torch.no_grad():
-        a = unet(sample, t, text, down_block_additional_residuals=shifted, mid_block_additional_residual=mid,
-                 return_dict=False)[0]
+        a = unet(
+            sample,
+            t,
+            text,
+            down_block_additional_residuals=shifted,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
     assert not torch.allclose(a, out)
 
 
@@ -86,7 +105,7 @@ def test_constant_scale_map_equals_float_scale(tiny_models) -> None:
     sample, t, text, cond = inputs(6, 10)
     d_float, m_float, _ = run(unet, controlnet, sample, t, text, cond, scale=0.7)
     d_map, m_map, _ = run(unet, controlnet, sample, t, text, cond, scale=torch.full((1, 1, 48, 80), 0.7))
-    for a, b in zip(d_float + [m_float], d_map + [m_map], strict=True):
+    for a, b in zip([*d_float, m_float], [*d_map, m_map], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # area mean of 0.7 rounds
 
 
@@ -103,8 +122,14 @@ def test_scale_map_is_area_averaged_per_residual(tiny_models) -> None:
     torch.testing.assert_close(coarse, mid_ones)  # area mean of 2 and 0 at 1×1 is 1
 
 
-@pytest.mark.parametrize(("shape", "message"), [((1, 1, 10, 10), "is \\[10, 10\\]"), ((1, 2, 64, 64), "\\[B, 1, H, W\\]"),
-                                                ((64, 64), "\\[B, 1, H, W\\]")])
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 1, 10, 10), "is \\[10, 10\\]"),
+        ((1, 2, 64, 64), "\\[B, 1, H, W\\]"),
+        ((64, 64), "\\[B, 1, H, W\\]"),
+    ],
+)
 def test_bad_scale_map_is_refused(tiny_models, shape, message) -> None:
     _, controlnet = load(tiny_models["full"])
     sample, t, text, cond = inputs(8, 8)

@@ -66,8 +66,12 @@ def test_controlnet_adds_the_rgb_heads(meta_models) -> None:
 
 @pytest.mark.parametrize(
     ("ours", "official"),
-    [("full", "unet_full"), ("light", "unet_light"), ("controlnet", "controlnet"),
-     ("controlnet_rrdb", "controlnet_rrdb")],
+    [
+        ("full", "unet_full"),
+        ("light", "unet_light"),
+        ("controlnet", "controlnet"),
+        ("controlnet_rrdb", "controlnet_rrdb"),
+    ],
 )
 def test_inventory_equals_reference(meta_models, ours: str, official: str) -> None:
     assert inventory(meta_models[ours]) == REFERENCE_INVENTORY[official]
@@ -76,7 +80,9 @@ def test_inventory_equals_reference(meta_models, ours: str, official: str) -> No
 def test_registry_sizes_match_parameter_counts(meta_models) -> None:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert REGISTRY["pasd"].size_bytes == 4 * (count(meta_models["full"]) + count(meta_models["controlnet"]))
-    assert REGISTRY["pasd-light"].size_bytes == 4 * (count(meta_models["light"]) + count(meta_models["controlnet"]))
+    assert REGISTRY["pasd-light"].size_bytes == 4 * (
+        count(meta_models["light"]) + count(meta_models["controlnet"])
+    )
     assert REGISTRY["pasd-light-rrdb"].size_bytes == 4 * (
         count(meta_models["light"]) + count(meta_models["controlnet_rrdb"])
     )

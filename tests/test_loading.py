@@ -10,7 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from backend.models import ModelLoadError, PasdControlNetModel, PasdUNet2DConditionModel, StateDictMismatchError
+from backend.models import (
+    ModelLoadError,
+    PasdControlNetModel,
+    PasdUNet2DConditionModel,
+    StateDictMismatchError,
+)
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -26,9 +31,15 @@ def rewrite(folder: Path, edit) -> None:
     save_file(state, str(folder / WEIGHTS))
 
 
-@pytest.mark.parametrize(("name", "variant", "rrdb"),
-                         [("full", "full", False), ("light", "light", False), ("color", "light", False),
-                          ("full_rrdb", "full", True)])
+@pytest.mark.parametrize(
+    ("name", "variant", "rrdb"),
+    [
+        ("full", "full", False),
+        ("light", "light", False),
+        ("color", "light", False),
+        ("full_rrdb", "full", True),
+    ],
+)
 def test_every_variant_loads_strictly(tiny_models, name: str, variant: str, rrdb: bool) -> None:
     unet = PasdUNet2DConditionModel.from_pretrained(tiny_models[name], subfolder="unet")
     controlnet = PasdControlNetModel.from_pretrained(tiny_models[name], subfolder="controlnet")
@@ -75,7 +86,7 @@ def test_training_only_rgb_heads_may_be_absent(tiny_models, tmp_path: Path) -> N
     assert all(torch.count_nonzero(p) == 0 for p in controlnet.controlnet_cond_embedding.to_rgbs.parameters())
     # …and an extra key anywhere else is still refused
     rewrite(folder, lambda s: s.__setitem__("controlnet_cond_embedding.extra.weight", torch.zeros(1)))
-    with pytest.raises(StateDictMismatchError, match="controlnet_cond_embedding.extra.weight"):
+    with pytest.raises(StateDictMismatchError, match=r"controlnet_cond_embedding\.extra\.weight"):
         PasdControlNetModel.from_pretrained(folder)
 
 
@@ -87,8 +98,10 @@ def test_bin_and_safetensors_load_the_same(tiny_models, tmp_path: Path) -> None:
     from_bin = PasdUNet2DConditionModel.from_pretrained(folder)
     from_st = PasdUNet2DConditionModel.from_pretrained(tiny_models["light"] / "unet")
     assert from_bin.pasd_variant == "light"
-    assert all(torch.equal(a, b) for a, b in zip(from_bin.state_dict().values(), from_st.state_dict().values(),
-                                                   strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(from_bin.state_dict().values(), from_st.state_dict().values(), strict=True)
+    )
 
 
 def test_plain_sd_unet_is_refused(tiny_models, tmp_path: Path) -> None:

@@ -63,11 +63,23 @@ def test_forward_matches_reference(case) -> None:
         with torch.no_grad():
             down, mid = controlnet(sample, timestep, text, cond, conditioning_scale=scale, return_dict=False)
             # UNet alone, fed the reference's residuals …
-            alone = unet(sample, timestep, text, down_block_additional_residuals=ref_down,
-                         mid_block_additional_residual=outputs[f"{s}.mid"], return_dict=False)[0]
+            alone = unet(
+                sample,
+                timestep,
+                text,
+                down_block_additional_residuals=ref_down,
+                mid_block_additional_residual=outputs[f"{s}.mid"],
+                return_dict=False,
+            )[0]
             # … and the whole ControlNet → UNet chain.
-            chained = unet(sample, timestep, text, down_block_additional_residuals=down,
-                           mid_block_additional_residual=mid, return_dict=False)[0]
+            chained = unet(
+                sample,
+                timestep,
+                text,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+                return_dict=False,
+            )[0]
         assert len(down) == 12  # SD1.5 layout: 12 down residuals + 1 mid
         for i, (ours, ref) in enumerate(zip(down, ref_down, strict=True)):
             assert ours.shape == ref.shape

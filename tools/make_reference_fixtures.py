@@ -70,7 +70,12 @@ def _install_shims(basicsr_src: Path) -> None:
     stub("basicsr.utils")
     stub("basicsr.utils.registry", ARCH_REGISTRY=_Registry())
     stub("basicsr.archs")
-    stub("basicsr.archs.arch_util", default_init_weights=lambda *a, **k: None, make_layer=None, pixel_unshuffle=None)
+    stub(
+        "basicsr.archs.arch_util",
+        default_init_weights=lambda *a, **k: None,
+        make_layer=None,
+        pixel_unshuffle=None,
+    )
     spec = importlib.util.spec_from_file_location(
         "basicsr.archs.rrdbnet_arch", basicsr_src / "basicsr" / "archs" / "rrdbnet_arch.py"
     )
@@ -97,8 +102,10 @@ def _strict_load(cls, folder: Path):
     want = set(model.state_dict())
     got = set(load_file(str(folder / "diffusion_pytorch_model.safetensors")))
     if want != got:
-        raise SystemExit(f"{folder}: reference keys differ: missing {sorted(want - got)[:5]} "
-                         f"unexpected {sorted(got - want)[:5]}")
+        raise SystemExit(
+            f"{folder}: reference keys differ: missing {sorted(want - got)[:5]} "
+            f"unexpected {sorted(got - want)[:5]}"
+        )
     return model.eval()
 
 
@@ -123,16 +130,38 @@ def record(out: Path, pasd_repo: Path, basicsr_src: Path) -> None:
             cond_u8 = torch.randint(0, 256, (2, 3, h * 8, w * 8), generator=gen, dtype=torch.uint8)
             cond = cond_u8.float() / 255.0
             with torch.no_grad():
-                _rgbs, down, mid = controlnet(sample, timestep, encoder_hidden_states=text, controlnet_cond=cond,
-                                              conditioning_scale=0.8, return_dict=False)
-                out_unet = unet(sample, timestep, encoder_hidden_states=text,
-                                down_block_additional_residuals=list(down),
-                                mid_block_additional_residual=mid, return_dict=False)[0]
-            tensors.update({f"{s}.sample": sample, f"{s}.timestep": timestep, f"{s}.text": text,
-                            f"{s}.cond_u8": cond_u8, f"{s}.mid": mid, f"{s}.unet_out": out_unet})
+                _rgbs, down, mid = controlnet(
+                    sample,
+                    timestep,
+                    encoder_hidden_states=text,
+                    controlnet_cond=cond,
+                    conditioning_scale=0.8,
+                    return_dict=False,
+                )
+                out_unet = unet(
+                    sample,
+                    timestep,
+                    encoder_hidden_states=text,
+                    down_block_additional_residuals=list(down),
+                    mid_block_additional_residual=mid,
+                    return_dict=False,
+                )[0]
+            tensors.update(
+                {
+                    f"{s}.sample": sample,
+                    f"{s}.timestep": timestep,
+                    f"{s}.text": text,
+                    f"{s}.cond_u8": cond_u8,
+                    f"{s}.mid": mid,
+                    f"{s}.unet_out": out_unet,
+                }
+            )
             tensors.update({f"{s}.down.{i}": d for i, d in enumerate(down)})
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / name / "outputs.safetensors"),
-                  metadata={"conditioning_scale": "0.8", "latent_sizes": json.dumps(LATENT_SIZES)})
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            str(out / name / "outputs.safetensors"),
+            metadata={"conditioning_scale": "0.8", "latent_sizes": json.dumps(LATENT_SIZES)},
+        )
         print("recorded", name)
     record_inventories(out)
 
@@ -167,7 +196,9 @@ def _inventory(model) -> dict[str, list[int]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write-weights")
     w.add_argument("out", type=Path)

@@ -87,7 +87,9 @@ class PasdControlNetModel(ControlNetModel):
         """Build from an official ControlNet config (unknown keys such as ``_class_name`` are ignored)."""
         kwargs = {k: v for k, v in config.items() if k in _CONTROLNET_INIT_KEYS}
         return cls(
-            return_rgbs=bool(config.get("return_rgbs", True)), use_rrdb=bool(config.get("use_rrdb", False)), **kwargs
+            return_rgbs=bool(config.get("return_rgbs", True)),
+            use_rrdb=bool(config.get("use_rrdb", False)),
+            **kwargs,
         )
 
     @classmethod
@@ -103,7 +105,9 @@ class PasdControlNetModel(ControlNetModel):
         def build(config: dict[str, Any], keys: Sequence[str]) -> PasdControlNetModel:
             config = dict(config)
             if "use_rrdb" not in config:  # older configs: the RRDB branch shows in the keys
-                config["use_rrdb"] = any(k.startswith("controlnet_cond_embedding.preprocesser.") for k in keys)
+                config["use_rrdb"] = any(
+                    k.startswith("controlnet_cond_embedding.preprocesser.") for k in keys
+                )
             return build_on_meta(lambda: cls.from_config(config))
 
         return load_component(
@@ -158,9 +162,8 @@ def _check_scale_map(scale: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     if scale.ndim != 4 or scale.shape[1] != 1 or scale.shape[0] not in (1, cond.shape[0]):
         raise ValueError(f"conditioning_scale map must be shaped [B, 1, H, W], got {list(scale.shape)}")
     if scale.shape[-2:] != cond.shape[-2:]:
-        raise ValueError(
-            f"conditioning_scale map is {list(scale.shape[-2:])} but controlnet_cond is {list(cond.shape[-2:])}"
-        )
+        got, want = list(scale.shape[-2:]), list(cond.shape[-2:])
+        raise ValueError(f"conditioning_scale map is {got} but controlnet_cond is {want}")
     if not torch.isfinite(scale).all():
         raise ValueError("conditioning_scale map holds NaN or infinite values")
     return scale

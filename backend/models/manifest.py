@@ -64,6 +64,10 @@ def read_manifest(root: Path) -> ModelManifest:
         manifest = ModelManifest(**data)
     except TypeError as exc:
         raise ModelLoadError(f"{path} has unknown or missing fields: {exc}") from exc
-    if manifest.variant not in ("full", "light") or not set(manifest.tasks) <= set(TASKS) or not manifest.tasks:
+    if (
+        manifest.variant not in ("full", "light")
+        or not set(manifest.tasks) <= set(TASKS)
+        or not manifest.tasks
+    ):
         raise ModelLoadError(f"{path}: variant must be full|light and tasks a non-empty subset of {TASKS}")
     return manifest

@@ -124,7 +124,9 @@ def light_transformer_forward(
     if attention_mask is not None and attention_mask.ndim == 2:
         attention_mask = ((1 - attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(1)
     if encoder_attention_mask is not None and encoder_attention_mask.ndim == 2:
-        encoder_attention_mask = ((1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(1)
+        encoder_attention_mask = ((1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(
+            1
+        )
 
     batch, _, height, width = hidden_states.shape
     skip = hidden_states

@@ -53,7 +53,12 @@ def _pasd_files(subfolder: str) -> tuple[str, ...]:
 
 
 def _pasd(
-    id: str, title: str, subfolder: str, variant: str, tasks: tuple[str, ...], use_rrdb: bool = False,
+    id: str,
+    title: str,
+    subfolder: str,
+    variant: str,
+    tasks: tuple[str, ...],
+    use_rrdb: bool = False,
     scheduler_subfolder: str | None = None,
 ) -> ModelSpec:
     files = _pasd_files(subfolder)
@@ -62,9 +67,18 @@ def _pasd(
     unet = _UNET_FULL_BYTES if variant == "full" else _UNET_LIGHT_BYTES
     controlnet = _CONTROLNET_RRDB_BYTES if use_rrdb else _CONTROLNET_BYTES
     return ModelSpec(
-        id=id, title=title, repo=PASD_REPO, files=files, licence=PASD_LICENCE, size_bytes=unet + controlnet,
-        tasks=tasks, variant=variant, subfolder=subfolder, scheduler_subfolder=scheduler_subfolder,
-        use_rrdb=use_rrdb, requires=("sd15",),
+        id=id,
+        title=title,
+        repo=PASD_REPO,
+        files=files,
+        licence=PASD_LICENCE,
+        size_bytes=unet + controlnet,
+        tasks=tasks,
+        variant=variant,
+        subfolder=subfolder,
+        scheduler_subfolder=scheduler_subfolder,
+        use_rrdb=use_rrdb,
+        requires=("sd15",),
     )
 
 
@@ -72,13 +86,37 @@ REGISTRY: dict[str, ModelSpec] = {
     spec.id: spec
     for spec in (
         _pasd("pasd", "PASD (full pixel-aware attention)", "pasd/checkpoint-100000", "full", ("upscale",)),
-        _pasd("pasd-light", "PASD-light (smaller, faster)", "pasd_light/checkpoint-120000", "light", ("upscale",)),
-        _pasd("pasd-rrdb", "PASD with RRDB degradation removal", "pasd_rrdb/checkpoint-100000", "full",
-              ("upscale",), use_rrdb=True),
-        _pasd("pasd-light-rrdb", "PASD-light with RRDB degradation removal", "pasd_light_rrdb/checkpoint-100000",
-              "light", ("upscale",), use_rrdb=True),
-        _pasd("pasd-color", "PASD colorization (light, zero-terminal-SNR scheduler)", "pasd_color/checkpoint-180000",
-              "light", ("colorize",), scheduler_subfolder="pasd_color/scheduler"),
+        _pasd(
+            "pasd-light",
+            "PASD-light (smaller, faster)",
+            "pasd_light/checkpoint-120000",
+            "light",
+            ("upscale",),
+        ),
+        _pasd(
+            "pasd-rrdb",
+            "PASD with RRDB degradation removal",
+            "pasd_rrdb/checkpoint-100000",
+            "full",
+            ("upscale",),
+            use_rrdb=True,
+        ),
+        _pasd(
+            "pasd-light-rrdb",
+            "PASD-light with RRDB degradation removal",
+            "pasd_light_rrdb/checkpoint-100000",
+            "light",
+            ("upscale",),
+            use_rrdb=True,
+        ),
+        _pasd(
+            "pasd-color",
+            "PASD colorization (light, zero-terminal-SNR scheduler)",
+            "pasd_color/checkpoint-180000",
+            "light",
+            ("colorize",),
+            scheduler_subfolder="pasd_color/scheduler",
+        ),
         ModelSpec(
             id="sd15",
             title="Stable Diffusion 1.5 components (text encoder, tokenizer, VAE, scheduler)",

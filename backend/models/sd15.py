@@ -15,7 +15,12 @@ SD15_UNET_CONFIG: dict[str, Any] = {
     "block_out_channels": [320, 640, 1280, 1280],
     "center_input_sample": False,
     "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
     "downsample_padding": 1,
     "flip_sin_to_cos": True,
     "freq_shift": 0,
@@ -32,8 +37,11 @@ SD15_UNET_CONFIG: dict[str, Any] = {
 
 def sd15_controlnet_config(use_rrdb: bool = False) -> dict[str, Any]:
     """The ControlNet PASD trains from SD1.5's UNet (``ControlNetModel.from_unet`` settings)."""
-    cfg = {k: v for k, v in SD15_UNET_CONFIG.items() if k not in ("out_channels", "up_block_types",
-                                                                    "center_input_sample", "sample_size")}
+    cfg = {
+        k: v
+        for k, v in SD15_UNET_CONFIG.items()
+        if k not in ("out_channels", "up_block_types", "center_input_sample", "sample_size")
+    }
     cfg.update(
         _class_name="ControlNetModel",
         conditioning_channels=3,

@@ -86,7 +86,10 @@ def download_model(model_id: str, models_dir: str | Path | None = None, progress
             (disable_progress_bars if not progress else enable_progress_bars)()
             try:
                 snapshot_download(
-                    repo_id=spec.repo, revision=spec.revision, allow_patterns=list(spec.files), local_dir=target
+                    repo_id=spec.repo,
+                    revision=spec.revision,
+                    allow_patterns=list(spec.files),
+                    local_dir=target,
                 )
             except Exception as exc:  # offline, hub error, disk full…: one clear message for all
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -96,8 +99,8 @@ def download_model(model_id: str, models_dir: str | Path | None = None, progress
             still_missing = missing_files(spec, target)
             if still_missing:
                 raise ModelDownloadError(
-                    f"Download of '{spec.id}' is incomplete; missing or damaged: {', '.join(still_missing)}.\n"
-                    + manual_instructions(spec, target)
+                    f"Download of '{spec.id}' is incomplete; missing or damaged: "
+                    f"{', '.join(still_missing)}.\n" + manual_instructions(spec, target)
                 )
         manifest = _manifest_for(spec)
         if manifest is not None:
@@ -131,8 +134,10 @@ def resolve_model(name_or_path: str | Path, models_dir: str | Path | None = None
         except KeyError:
             pass
         else:
-            hint = (f"\nInstall it with `python -m backend download {spec.id}`, or by hand: "
-                    + manual_instructions(spec, path))
+            hint = (
+                f"\nInstall it with `python -m backend download {spec.id}`, or by hand: "
+                + manual_instructions(spec, path)
+            )
         raise ModelLoadError(f"Model {str(name_or_path)!r} is not installed (looked in {path}).{hint}")
     manifest = read_manifest(path)
     for name in ("unet", "controlnet"):

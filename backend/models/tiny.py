@@ -9,6 +9,7 @@ small byte-level BPE vocabulary for the CLIP tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,12 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "block_out_channels": [8, 16, 16, 16],
     "center_input_sample": False,
     "cross_attention_dim": 32,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
     "downsample_padding": 1,
     "flip_sin_to_cos": True,
     "freq_shift": 0,
@@ -55,10 +61,45 @@ TINY_UNET_CONFIG: dict[str, Any] = {
 TINY_CONDITIONING_CHANNELS = [4, 8, 8, 16]
 
 _PROMPT_WORDS = (
-    "a photo of the old man woman child dog cat house tree sky face portrait building street "
-    "clean high resolution 8k detailed sharp blurry dotted noise raster lines unclear lowres "
-    "over smoothed colorful vivid natural color black white"
-).split()
+    "a",
+    "photo",
+    "of",
+    "the",
+    "old",
+    "man",
+    "woman",
+    "child",
+    "dog",
+    "cat",
+    "house",
+    "tree",
+    "sky",
+    "face",
+    "portrait",
+    "building",
+    "street",
+    "clean",
+    "high",
+    "resolution",
+    "8k",
+    "detailed",
+    "sharp",
+    "blurry",
+    "dotted",
+    "noise",
+    "raster",
+    "lines",
+    "unclear",
+    "lowres",
+    "over",
+    "smoothed",
+    "colorful",
+    "vivid",
+    "natural",
+    "color",
+    "black",
+    "white",
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -80,26 +121,49 @@ def write_tokenizer(folder: Path, max_length: int = 77) -> int:
     alphabet = sorted(set(_bytes_to_unicode().values()))
     vocab: list[str] = alphabet + [c + "</w>" for c in alphabet]
     merges: list[tuple[str, str]] = []
+    # Learn merges until every prompt word is one token under real BPE rank order.
     for word in dict.fromkeys(_PROMPT_WORDS):
-        symbols = [*word[:-1], word[-1] + "</w>"]
-        left = symbols[0]
-        for right in symbols[1:]:
-            pair = (left, right)
-            left = left + right
-            if pair not in merges:
-                merges.append(pair)
-                vocab.append(left)
-    vocab = list(dict.fromkeys(vocab)) + ["<|startoftext|>", "<|endoftext|>"]
+        while len(pieces := _bpe(word, merges)) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab.append(pieces[0] + pieces[1])
+    vocab = [*dict.fromkeys(vocab), "<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "do_lower_case": True,
-         "errors": "replace", "add_prefix_space": False, **special}, indent=2))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": max_length,
+                "do_lower_case": True,
+                "errors": "replace",
+                "add_prefix_space": False,
+                **special,
+            },
+            indent=2,
+        )
+    )
     return len(vocab)
+
+
+def _bpe(word: str, merges: list[tuple[str, str]]) -> list[str]:
+    """Split ``word`` the way a BPE tokenizer with ``merges`` (in rank order) does."""
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    pieces = [*word[:-1], word[-1] + "</w>"]
+    while len(pieces) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(itertools.pairwise(pieces))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
 
 
 def _write_component(folder: Path, config: dict[str, Any], model: torch.nn.Module) -> None:
@@ -150,7 +214,9 @@ def write_pasd_components(folder: Path, variant: Literal["full", "light"], use_r
     _write_component(folder / "controlnet", cn_cfg, controlnet)
 
 
-def write_tiny_model(folder: str | Path, variant: TinyVariant = "full", seed: int = 0, use_rrdb: bool = False) -> Path:
+def write_tiny_model(
+    folder: str | Path, variant: TinyVariant = "full", seed: int = 0, use_rrdb: bool = False
+) -> Path:
     """Write a complete tiny model folder; ``color`` is PASD-light with a zero-terminal-SNR scheduler."""
     if variant not in TINY_VARIANTS:
         raise ValueError(f"variant must be one of {TINY_VARIANTS}, not {variant!r}")
@@ -163,34 +229,62 @@ def write_tiny_model(folder: str | Path, variant: TinyVariant = "full", seed: in
     vocab_size = write_tokenizer(root / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
     text_cfg = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=1,
     )
     text_encoder = CLIPTextModel(text_cfg)
     _randomize(text_encoder, gen)
     text_encoder.save_pretrained(str(root / "text_encoder"))
 
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4, sample_size=64,
-        block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
     )
     _randomize(vae, gen)
     vae.save_pretrained(str(root / "vae"))
 
     if variant == "color":
-        scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                  rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False,
-                                  steps_offset=1)
+        scheduler = DDPMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            rescale_betas_zero_snr=True,
+            timestep_spacing="trailing",
+            clip_sample=False,
+            steps_offset=1,
+        )
     else:
-        scheduler = UniPCMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                            steps_offset=1)
+        scheduler = UniPCMultistepScheduler(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
+        )
     scheduler.save_pretrained(str(root / "scheduler"))
 
-    write_manifest(root, ModelManifest(
-        id=root.name, variant=arch, tasks=("colorize",) if variant == "color" else ("upscale",),
-        description=f"Tiny random-weight PASD ({variant}) for tests; draws noise, not pictures.",
-        licence="Apache-2.0 (generated locally)", tiny=True, use_rrdb=use_rrdb,
-    ))
+    write_manifest(
+        root,
+        ModelManifest(
+            id=root.name,
+            variant=arch,
+            tasks=("colorize",) if variant == "color" else ("upscale",),
+            description=f"Tiny random-weight PASD ({variant}) for tests; draws noise, not pictures.",
+            licence="Apache-2.0 (generated locally)",
+            tiny=True,
+            use_rrdb=use_rrdb,
+        ),
+    )
     return root

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers.models.unets.unet_2d_blocks import CrossAttnUpBlock2D, UpBlock2D
+from diffusers.models.unets.unet_2d_blocks import CrossAttnUpBlock2D
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 from torch import nn
 
@@ -36,7 +36,9 @@ def detect_unet_variant(keys: Sequence[str] | Mapping[str, Any]) -> PasdVariant:
     full = any(".pixel_attentions." in k for k in keys)
     light = any(("attn2_plus." in k or "proj_in_plus." in k or "norm2_plus." in k) for k in keys)
     if full and light:
-        raise ModelLoadError("UNet weights hold both full-PASD (pixel_attentions) and PASD-light (*_plus) keys")
+        raise ModelLoadError(
+            "UNet weights hold both full-PASD (pixel_attentions) and PASD-light (*_plus) keys"
+        )
     if full:
         return "full"
     if light:
@@ -64,7 +66,8 @@ class PasdUNet2DConditionModel(UNet2DConditionModel):
                 template = _transformer_template(self, i)
                 out_channels = block.resnets[0].out_channels
                 block.pixel_attentions = nn.ModuleList(
-                    make_pixel_transformer(template, out_channels, heads[n_blocks - 1 - i], c) for c in channels
+                    make_pixel_transformer(template, out_channels, heads[n_blocks - 1 - i], c)
+                    for c in channels
                 )
             elif isinstance(block, CrossAttnUpBlock2D):
                 for attn, c in zip(block.attentions, channels, strict=True):
@@ -93,7 +96,7 @@ class PasdUNet2DConditionModel(UNet2DConditionModel):
         return load_component(folder, subfolder, build, torch_dtype=torch_dtype, device=device)
 
     # ------------------------------------------------------------------ forward
-    def forward(  # noqa: C901 - mirrors UNet2DConditionModel.forward for the SD1.5 feature set
+    def forward(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
@@ -114,7 +117,9 @@ class PasdUNet2DConditionModel(UNet2DConditionModel):
         """
         has_control = down_block_additional_residuals is not None
         if has_control != (mid_block_additional_residual is not None):
-            raise ValueError("Pass both down_block_additional_residuals and mid_block_additional_residual, or neither")
+            raise ValueError(
+                "Pass both down_block_additional_residuals and mid_block_additional_residual, or neither"
+            )
         controls = tuple(down_block_additional_residuals) if has_control else ()
 
         up_factor = 2**self.num_upsamplers
@@ -132,7 +137,11 @@ class PasdUNet2DConditionModel(UNet2DConditionModel):
         emb = self.time_embedding(self.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
         class_emb = self.get_class_embed(sample=sample, class_labels=class_labels)
         if class_emb is not None:
-            emb = torch.cat([emb, class_emb], dim=-1) if self.config.class_embeddings_concat else emb + class_emb
+            emb = (
+                torch.cat([emb, class_emb], dim=-1)
+                if self.config.class_embeddings_concat
+                else emb + class_emb
+            )
         aug_emb = self.get_aug_embed(
             emb=emb, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs
         )
@@ -271,7 +280,9 @@ class PasdUNet2DConditionModel(UNet2DConditionModel):
 def _residual_channels(cfg: Any, up_index: int) -> list[int]:
     """Channels of the skip (and ControlNet residual) each layer of up block ``up_index`` consumes."""
     if cfg.up_block_types[up_index] not in ("CrossAttnUpBlock2D", "UpBlock2D"):
-        raise ModelLoadError(f"PASD supports CrossAttnUpBlock2D / UpBlock2D decoders, not {cfg.up_block_types[up_index]}")
+        raise ModelLoadError(
+            f"PASD supports CrossAttnUpBlock2D / UpBlock2D decoders, not {cfg.up_block_types[up_index]}"
+        )
     channels = list(reversed(cfg.block_out_channels))
     layers = cfg.layers_per_block
     layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
