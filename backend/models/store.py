@@ -82,7 +82,9 @@ def download_model(model_id: str, models_dir: str | Path | None = None, progress
     root = _models_dir(models_dir)
     for spec in with_requirements(model_id):
         target = root / spec.id
-        if missing_files(spec, target):
+        if damaged := missing_files(spec, target):
+            for name in damaged:  # a truncated file would look current to the hub client's cache
+                (target / name).unlink(missing_ok=True)
             (disable_progress_bars if not progress else enable_progress_bars)()
             try:
                 snapshot_download(
