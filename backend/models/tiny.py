@@ -21,6 +21,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .controlnet import PasdControlNetModel
 from .manifest import ModelManifest, write_manifest
+from .sd15 import SD15_UNET_CONFIG, sd15_controlnet_config
 from .unet import PasdUNet2DConditionModel
 
 TinyVariant = Literal["full", "light", "color"]
@@ -32,30 +33,13 @@ DIFFUSERS_VERSION = "0.29.2"  # the version the official PASD configs were writt
 # Shaped like SD1.5 (4 levels, 2 layers per block, 12 + 1 ControlNet residuals, cross attention in
 # the top three levels), only narrow.
 TINY_UNET_CONFIG: dict[str, Any] = {
-    "_class_name": "UNet2DConditionModel",
+    **SD15_UNET_CONFIG,
     "_diffusers_version": DIFFUSERS_VERSION,
-    "act_fn": "silu",
     "attention_head_dim": 2,
     "block_out_channels": [8, 16, 16, 16],
-    "center_input_sample": False,
     "cross_attention_dim": 32,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
     "norm_num_groups": 4,
-    "out_channels": 4,
     "sample_size": 8,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
 
 TINY_CONDITIONING_CHANNELS = [4, 8, 8, 16]
@@ -186,18 +170,11 @@ def tiny_unet_config() -> dict[str, Any]:
 
 
 def tiny_controlnet_config(use_rrdb: bool = False) -> dict[str, Any]:
-    cfg = tiny_unet_config()
-    for key in ("out_channels", "up_block_types", "center_input_sample", "sample_size"):
-        cfg.pop(key)
-    cfg.update(
-        _class_name="ControlNetModel",
-        conditioning_channels=3,
-        conditioning_embedding_out_channels=TINY_CONDITIONING_CHANNELS,
-        controlnet_conditioning_channel_order="rgb",
-        global_pool_conditions=False,
-        return_rgbs=True,
-        use_rrdb=use_rrdb,
-    )
+    """The ControlNet that matches the tiny UNet, with PASD's config keys."""
+    cfg = sd15_controlnet_config(use_rrdb)
+    cfg.update({k: TINY_UNET_CONFIG[k] for k in cfg if k in TINY_UNET_CONFIG and not k.startswith("_class")})
+    cfg["conditioning_embedding_out_channels"] = TINY_CONDITIONING_CHANNELS
+    cfg["_diffusers_version"] = DIFFUSERS_VERSION
     return cfg
 
 
