@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from backend.models.manifest import read_manifest
 from backend.models.tiny import write_pasd_components, write_tiny_model
 
+from .conftest import run_backend
 from .fake_hub import FakeHub
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(hub: FakeHub, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_OFFLINE": "0",
-        "HF_HOME": str(Path(args[-1]).parent / "hf-home"),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "backend", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return run_backend(
+        *args,
+        HF_ENDPOINT=hub.url,
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_OFFLINE="0",
+        HF_HOME=str(Path(args[-1]).parent / "hf-home"),
     )
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,19 +13,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from backend.models.manifest import read_manifest
 
+from .conftest import run_backend
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "backend", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_backend(*args, HF_HUB_OFFLINE="1")
 
 
 @pytest.mark.parametrize("variant", ["full", "light", "color"])
