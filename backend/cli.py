@@ -1,7 +1,7 @@
-"""Command line of the backend: model management now; upscale/colorize/serve join it later.
+"""Command line of the backend: model management, and upscale/colorize (``restore_cli``).
 
-Exit codes: 0 success, 1 a model or download problem (with a message that says what to do),
-2 bad usage.
+Exit codes: 0 success, 1 a model, download or run problem (with a message that says what to do),
+2 bad usage, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model id or folder")
     p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
     p.set_defaults(func=_cmd_inspect)
+
+    from .restore_cli import add_restore_parsers
+
+    add_restore_parsers(sub)
     return parser
 
 

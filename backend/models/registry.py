@@ -3,6 +3,7 @@
 PASD checkpoints hold only ``unet/`` and ``controlnet/``; the text encoder, tokenizer, VAE and
 scheduler come from Stable Diffusion 1.5 (the ``sd15`` entry), which every PASD entry requires.
 Sizes are the float32 safetensors sizes of the listed files (parameters × 4 bytes, rounded).
+``blip`` is the optional captioner that writes automatic prompt words; it stands alone.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ PASD_REPO = "yangtao9009/PASD"
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 PASD_LICENCE = "Apache-2.0 (PASD code and weights, github.com/yangxy/PASD)"
 SD15_LICENCE = "CreativeML OpenRAIL-M (Stable Diffusion 1.5)"
+BLIP_REPO = "Salesforce/blip-image-captioning-base"
+BLIP_LICENCE = "BSD-3-Clause (BLIP, Salesforce)"
 
 _UNET_FULL_BYTES = 1_107_755_524 * 4
 _UNET_LIGHT_BYTES = 888_218_884 * 4
 _CONTROLNET_BYTES = 361_289_497 * 4
 _CONTROLNET_RRDB_BYTES = 361_497_337 * 4
+_BLIP_BYTES = 247_444_600 * 4  # the official file stores the tied LM head as its own tensor
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,23 @@ REGISTRY: dict[str, ModelSpec] = {
             ),
             licence=SD15_LICENCE,
             size_bytes=(123_060_480 + 83_653_863) * 4,
+        ),
+        ModelSpec(
+            id="blip",
+            title="BLIP image captioning (automatic prompt words)",
+            repo=BLIP_REPO,
+            files=(
+                "config.json",
+                "model.safetensors",
+                "preprocessor_config.json",
+                "special_tokens_map.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.txt",
+            ),
+            licence=BLIP_LICENCE,
+            size_bytes=_BLIP_BYTES,
+            tasks=("caption",),
         ),
     )
 }

@@ -1,0 +1,434 @@
+"""The restoration engine: numpy image in, numpy image out, everything in between.
+
+It owns what a user-facing run needs around the diffusion pipeline: checking input, choosing
+sizes, tiles and device, the prompt, pre-scaling, region fidelity, the colour fix, colorization's
+luminance transfer, alpha and bit depth, progress, cancellation and out-of-memory messages.
+The CLI and the HTTP service both call :meth:`Engine.restore`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import image_ops
+from .devices import DeviceChoice, auto_tile_sizes, choose_device, empty_cache, free_memory, is_out_of_memory
+from .models.loading import ModelLoadError
+from .models.registry import DEFAULT_MODEL_FOR_TASK
+from .models.store import InstalledModel, installed_models, resolve_model
+from .pipelines.captioner import find_captioner
+from .pipelines.params import RestoreParams
+from .pipelines.pasd import DenoiseTiling, PasdPipeline, model_widths
+from .pipelines.prescale import make_prescaler
+from .pipelines.prompt import colorize_words, join_prompt
+from .pipelines.tiled_vae import VaeTiling
+from .pipelines.tiling import plan_tiles
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+MIN_PROCESS_SIDE = 64  # pixels; smaller sides leave the UNet's deepest level without room
+COLORFIX_TILE = 1024
+
+
+class EngineError(RuntimeError):
+    """A run failed for a reason the user can act on; the message says how."""
+
+
+class InputError(EngineError, ValueError):
+    """The image, the mask or a parameter is unusable."""
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory; the message suggests a smaller tile."""
+
+
+class Canceled(Exception):
+    """The run was canceled through its CancelToken."""
+
+
+class CancelToken:
+    """Cooperative cancellation: the engine checks it before every model call."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def canceled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Canceled("canceled")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Sizes and tiles of one run, decided before any model runs (also shown to users)."""
+
+    input_size: tuple[int, int]  # (height, width)
+    output_size: tuple[int, int]
+    process_size: tuple[int, int]  # multiples of 8
+    tile: int  # diffusion tile, process pixels
+    vae_tile: int
+    tiles: int  # number of diffusion tiles
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    image: np.ndarray
+    seed: int
+    prompt: str
+    negative_prompt: str
+    model: str
+    plan: RunPlan
+    seconds: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def plan_process_size(out_h: int, out_w: int, process_size: int, task: str) -> tuple[int, int]:
+    """Size the diffusion runs at, before rounding to multiples of 8.
+
+    Upscale: the output size, with the short side brought up to ``process_size`` (PASD works at
+    768 and up), but for extreme aspect ratios never past the area of a 1:4 strip at that size.
+    Colorize: the short side at ``process_size``, the long side at most twice that (colour is
+    low-frequency; the luminance keeps full resolution anyway).
+    """
+    short, long_ = min(out_h, out_w), max(out_h, out_w)
+    if task == "colorize":
+        factor = process_size / short
+        factor = min(factor, 2 * process_size / long_)
+    else:
+        factor = max(1.0, process_size / short)
+        area_cap = math.sqrt(max(out_h * out_w, 4 * process_size**2) / (out_h * out_w))
+        factor = min(factor, area_cap)
+    factor = max(factor, MIN_PROCESS_SIDE / short)
+    return out_h * factor, out_w * factor
+
+
+def _round8(value: float) -> int:
+    return max(8, round(value / 8) * 8)
+
+
+class Engine:
+    """Loads models on demand (keeping the last one) and runs restorations one at a time."""
+
+    def __init__(
+        self,
+        models_dir: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        offload: bool | None = None,
+    ) -> None:
+        self.models_dir = models_dir
+        self.choice: DeviceChoice = choose_device(device, dtype)
+        self._offload = offload
+        self._pipeline: PasdPipeline | None = None
+        self._loaded: Path | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ models
+    def find_model(self, name: str | Path | None, task: str) -> InstalledModel:
+        """The named model, or the task's default, or any installed model that can do the task."""
+        if name:
+            model = resolve_model(name, self.models_dir)
+        else:
+            candidates = [m for m in installed_models(self.models_dir) if task in m.manifest.tasks]
+            preferred = [m for m in candidates if m.root.name == DEFAULT_MODEL_FOR_TASK[task]]
+            if not candidates:
+                default = DEFAULT_MODEL_FOR_TASK[task]
+                raise ModelLoadError(
+                    f"No model for {task} is installed. Install one with `python -m backend download "
+                    f"{default}`, or name a model folder with --model."
+                )
+            model = (preferred or candidates)[0]
+        if task not in model.manifest.tasks:
+            raise ModelLoadError(
+                f"Model {model.root.name!r} does not do {task} (it does {', '.join(model.manifest.tasks)})"
+            )
+        return model
+
+    @property
+    def loaded_model(self) -> str | None:
+        return self._loaded.name if self._loaded else None
+
+    def pipeline_for(self, model: InstalledModel) -> PasdPipeline:
+        if self._pipeline is not None and self._loaded == model.root:
+            return self._pipeline
+        self.unload()
+        offload = self._offload
+        if offload is None:
+            offload = self._should_offload(model)
+        log.info(
+            "loading %s on %s (%s, offload=%s)", model.root, self.choice.name, self.choice.dtype, offload
+        )
+        self._pipeline = PasdPipeline.from_installed(model, self.choice, offload=offload)
+        self._loaded = model.root
+        return self._pipeline
+
+    def _should_offload(self, model: InstalledModel) -> bool:
+        """Offload when the weights would take more than half of the accelerator's free memory."""
+        if not self.choice.is_accelerator:
+            return False
+        weights = sum(p.stat().st_size for p in model.root.rglob("*.safetensors"))
+        bytes_per = 2 if self.choice.dtype != torch.float32 else 4
+        return weights * bytes_per / 4 > free_memory(self.choice.device) / 2
+
+    def unload(self) -> None:
+        self._pipeline = None
+        self._loaded = None
+        empty_cache(self.choice.device)
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, height: int, width: int, params: RestoreParams, pipeline: PasdPipeline | None) -> RunPlan:
+        out_h = max(1, round(height * params.scale))
+        out_w = max(1, round(width * params.scale))
+        fh, fw = plan_process_size(out_h, out_w, params.process_size, params.task)
+        ph, pw = _round8(fh), _round8(fw)
+        tile, vae_tile = params.tile, params.vae_tile
+        if tile is None or vae_tile is None:
+            widths = model_widths(pipeline) if pipeline is not None else (320, 128)
+            auto = auto_tile_sizes(free_memory(self.choice.device), *widths, self.choice.dtype)
+            tile = tile or auto.diffusion
+            vae_tile = vae_tile or auto.vae
+        tile = min(tile, max(ph, pw))
+        lt = tile // 8
+        overlap = round(lt * params.tile_overlap)
+        count = len(plan_tiles(ph // 8, pw // 8, lt, overlap))
+        return RunPlan((height, width), (out_h, out_w), (ph, pw), tile, vae_tile, count)
+
+    # ------------------------------------------------------------------ running
+    def restore(
+        self,
+        image: np.ndarray,
+        params: RestoreParams,
+        mask: np.ndarray | None = None,
+        model: str | Path | None = None,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+    ) -> RestoreResult:
+        """Restore (upscale) or colorize ``image`` (H×W or H×W×C, C in 1–4, uint8/uint16/float32).
+
+        The result has the input's dtype and its channels (grey stays grey when upscaling; colorize
+        turns grey into RGB); alpha is resized separately and kept.
+        """
+        with self._lock, torch.inference_mode():
+            return self._restore(image, params, mask, model, progress, cancel or CancelToken())
+
+    def _restore(
+        self,
+        image: np.ndarray,
+        params: RestoreParams,
+        mask: np.ndarray | None,
+        model_name: str | Path | None,
+        progress: ProgressFn | None,
+        cancel: CancelToken,
+    ) -> RestoreResult:
+        started = time.perf_counter()
+        try:
+            params = params.validate()
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        pixels = check_image(image)
+        height, width, _ = pixels.shape
+        soft = check_mask(mask, (height, width)) if mask is not None else None
+        stage = ["load"]
+
+        def report(name: str, step: int, total: int) -> None:
+            stage[0] = name
+            if progress is not None:
+                progress(name, step, total)
+
+        report("load", 0, 1)
+        model = self.find_model(model_name, params.task)
+        pipeline = self.pipeline_for(model)
+        plan = self.plan(height, width, params, pipeline)
+        seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
+        try:
+            out, prompt, negative, notes = self._run(
+                pixels, soft, params, plan, pipeline, seed, report, cancel
+            )
+        except Canceled:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                empty_cache(self.choice.device)
+                smaller = max(64, plan.tile // 2 // 64 * 64)
+                raise OutOfMemory(
+                    f"Ran out of memory on {self.choice.name} while in stage '{stage[0]}' with "
+                    f"{plan.tile}px diffusion tiles and {plan.vae_tile}px VAE tiles. Try smaller tiles "
+                    f"(for example --tile {smaller} --vae-tile {max(64, plan.vae_tile // 2 // 64 * 64)}), "
+                    "close other programs that use the GPU, or use a smaller scale."
+                ) from exc
+            raise
+        report("done", 1, 1)
+        return RestoreResult(
+            image=out,
+            seed=seed,
+            prompt=prompt,
+            negative_prompt=negative,
+            model=model.root.name,
+            plan=plan,
+            seconds=time.perf_counter() - started,
+            notes=tuple(notes),
+        )
+
+    def _run(
+        self,
+        pixels: np.ndarray,
+        soft: np.ndarray | None,
+        params: RestoreParams,
+        plan: RunPlan,
+        pipeline: PasdPipeline,
+        seed: int,
+        report: ProgressFn,
+        cancel: CancelToken,
+    ) -> tuple[np.ndarray, str, str, list[str]]:
+        notes: list[str] = []
+        height, width, channels = pixels.shape
+        has_alpha = channels in (2, 4)
+        colour_channels = 1 if channels <= 2 else 3
+        rgb = image_ops.to_float(pixels[..., :colour_channels])
+        original = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        if colour_channels == 1:
+            original = original.expand(1, 3, height, width)
+        process = plan.process_size
+
+        report("prescale", 0, 1)
+        if params.task == "colorize":
+            grey = image_ops.to_grey(original)
+            cond = image_ops.resize(grey.expand(1, 3, height, width), process)
+        else:
+            prescaler = make_prescaler(params.prescaler, self.choice.device, self.choice.dtype)
+            cond = prescaler(original.contiguous(), process, check_cancel=cancel.check).clamp_(0, 1)
+        report("prescale", 1, 1)
+
+        if soft is not None:
+            m = image_ops.resize(torch.from_numpy(soft)[None, None], process, kind="mask")
+            scale: torch.Tensor | float = m.mul_(params.fidelity_fg - params.fidelity_bg).add_(
+                params.fidelity_bg
+            )
+        else:
+            scale = float(params.fidelity_bg)
+
+        auto_words = ""
+        if params.auto_prompt:
+            captioner = find_captioner(self.models_dir)
+            if captioner is None:
+                notes.append("automatic description is off: its model (blip) is not installed")
+            else:
+                cancel.check()
+                report("describe", 0, 1)
+                auto_words = captioner.describe(image_ops.resize(cond, _fit(process, 384)))
+                if params.task == "colorize":
+                    auto_words = colorize_words(auto_words)
+        prompt = join_prompt(params.prompt, auto_words, params.effective_quality_prompt())
+        negative = join_prompt(params.effective_negative_prompt())
+        if pipeline.prompt_token_count(prompt) > pipeline.tokenizer.model_max_length:
+            notes.append(
+                f"the prompt is longer than {pipeline.tokenizer.model_max_length} tokens; the end is cut"
+            )
+
+        lt = plan.tile // 8
+        tiling = DenoiseTiling(lt, round(lt * params.tile_overlap))
+        vae_tiling = None
+        if max(process) > plan.vae_tile:
+            vae_tiling = VaeTiling(tile=plan.vae_tile // 8, halo=max(4, plan.vae_tile // 64))
+        restored = pipeline(
+            cond,
+            prompt=prompt,
+            negative_prompt=negative,
+            steps=params.steps,
+            guidance=params.guidance,
+            seed=seed,
+            scale_map=scale,
+            added_noise_level=params.added_noise_level,
+            tiling=tiling,
+            vae_tiling=vae_tiling,
+            progress=report,
+            check_cancel=cancel.check,
+        )
+        del scale
+        cancel.check()
+        report("finish", 0, 1)
+        if params.task == "upscale":
+            if params.color_fix:
+                restored = image_ops.wavelet_color_fix(restored, cond, tile=COLORFIX_TILE)
+            del cond
+            result = image_ops.resize(restored, plan.output_size)
+            del restored
+            if colour_channels == 1:
+                result = image_ops.to_grey(result)
+        else:
+            del cond
+            colour = image_ops.resize(restored, (height, width))
+            del restored
+            mask_t = torch.from_numpy(soft)[None, None] if soft is not None else None
+            result = image_ops.transfer_colour(original, colour, mask_t)
+            colour_channels = 3
+        out = result[0].permute(1, 2, 0).numpy()
+        if has_alpha:
+            alpha = torch.from_numpy(image_ops.to_float(pixels[..., -1:])).permute(2, 0, 1)[None]
+            alpha = image_ops.resize(alpha, plan.output_size, kind="alpha")[0].permute(1, 2, 0).numpy()
+            out = np.concatenate([out, alpha], axis=2)
+        report("finish", 1, 1)
+        return np.ascontiguousarray(image_ops.from_float(out, pixels.dtype)), prompt, negative, notes
+
+
+def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    h, w = size
+    f = min(1.0, longest / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """H×W×C view of a valid image, or InputError saying what is wrong with it."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"the image must be a numpy array, not {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        raise InputError(
+            "the image must be H×W with 1 to 4 channels (grey, grey+alpha, RGB, RGBA), "
+            f"got shape {image.shape}"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"the image is empty ({image.shape[1]}×{image.shape[0]} pixels)")
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise InputError(f"the image must be 8-bit, 16-bit or float32, not {image.dtype}")
+    if image.dtype == np.float32 and not np.isfinite(image).all():
+        raise InputError("the image holds NaN or infinite values")
+    return image
+
+
+def check_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A float32 H×W mask in [0, 1] from an 8/16-bit or float mask of the image's size."""
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise InputError(f"the mask must be a single channel, got shape {mask.shape}")
+    if mask.shape != size:
+        raise InputError(
+            f"the mask is {mask.shape[1]}×{mask.shape[0]} but the image is {size[1]}×{size[0]}; "
+            "they must be the same size"
+        )
+    if mask.dtype in (np.uint8, np.uint16):
+        return image_ops.to_float(mask)
+    mask = mask.astype(np.float32, copy=False)
+    if not np.isfinite(mask).all():
+        raise InputError("the mask holds NaN or infinite values")
+    if mask.min() < 0 or mask.max() > 1:
+        raise InputError(f"mask values must lie in [0, 1], found {mask.min():g} to {mask.max():g}")
+    return np.ascontiguousarray(mask)

@@ -1,0 +1,1 @@
+"""Inference pipelines: tiled denoising, tiled VAE, and the PASD upscaling and colorization runs."""

@@ -1,0 +1,332 @@
+"""The PASD diffusion pipeline: prompt → text embeddings, image → latents, tiled denoising with a
+per-pixel ControlNet scale, latents → image.
+
+It follows the reference inference (github.com/yangxy/PASD, ``pipeline_pasd.py``) with three
+changes: the ControlNet scale can be a map (region fidelity) and survives tiling, the tiles' noise
+predictions are blended with weights normalised per pixel, and the VAE is tiled with shared
+GroupNorm statistics, so memory follows the tile size and not the image size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, UniPCMultistepScheduler
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ..devices import DeviceChoice
+from ..models.controlnet import PasdControlNetModel
+from ..models.loading import ModelLoadError
+from ..models.store import InstalledModel
+from ..models.unet import PasdUNet2DConditionModel
+from .tiled_vae import VaeTiling, tiled_decode, tiled_encode
+from .tiling import Tile, blend_weights, plan_tiles
+
+ProgressFn = Callable[[str, int, int], None]
+CancelFn = Callable[[], None]
+
+
+def _no_progress(stage: str, step: int, total: int) -> None:
+    return None
+
+
+def _no_cancel() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class DenoiseTiling:
+    """Diffusion tiles in latent pixels."""
+
+    tile: int
+    overlap: int
+
+
+class PasdPipeline:
+    """PASD components on one device; callable on a pre-scaled RGB image."""
+
+    def __init__(
+        self,
+        *,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: PasdUNet2DConditionModel,
+        controlnet: PasdControlNetModel,
+        scheduler: UniPCMultistepScheduler,
+        choice: DeviceChoice,
+        offload: bool = False,
+    ) -> None:
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.unet = unet
+        self.controlnet = controlnet
+        self.scheduler = scheduler
+        self.choice = choice
+        self.offload = offload
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        home = torch.device("cpu") if offload else choice.device
+        # nn.Module.to, not ModelMixin.to: the latter warns about fp32-pinned modules PASD has none of.
+        for module in (text_encoder, unet, controlnet):
+            torch.nn.Module.to(module, device=home, dtype=choice.dtype).eval().requires_grad_(False)
+        torch.nn.Module.to(vae, device=home, dtype=choice.vae_dtype).eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_installed(
+        cls, model: InstalledModel, choice: DeviceChoice, offload: bool = False
+    ) -> PasdPipeline:
+        """Load every component of an installed model folder (official layouts, strict loading)."""
+        root, manifest = model.root, model.manifest
+        unet = PasdUNet2DConditionModel.from_pretrained(manifest.resolve(root, "unet"))
+        controlnet = PasdControlNetModel.from_pretrained(manifest.resolve(root, "controlnet"))
+        if unet.pasd_variant != manifest.variant:
+            raise ModelLoadError(
+                f"{root}: pasd_model.json says variant {manifest.variant!r} but the UNet weights are "
+                f"{unet.pasd_variant!r}"
+            )
+        try:
+            vae = AutoencoderKL.from_pretrained(str(manifest.resolve(root, "vae")))
+            text_encoder = CLIPTextModel.from_pretrained(str(manifest.resolve(root, "text_encoder")))
+            tokenizer = CLIPTokenizer.from_pretrained(str(manifest.resolve(root, "tokenizer")))
+            config = UniPCMultistepScheduler.load_config(str(manifest.resolve(root, "scheduler")))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{root}: a base component could not be loaded: {exc}") from exc
+        # The colour model ships a DDPM config with a zero-terminal-SNR schedule; UniPC takes it over.
+        scheduler = UniPCMultistepScheduler.from_config(config)
+        return cls(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
+            choice=choice,
+            offload=offload,
+        )
+
+    @contextlib.contextmanager
+    def _on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
+        """With offload, a component visits the accelerator only while its stage runs."""
+        if not self.offload:
+            yield
+            return
+        for module in modules:
+            torch.nn.Module.to(module, self.choice.device)
+        try:
+            yield
+        finally:
+            for module in modules:
+                torch.nn.Module.to(module, "cpu")
+            if self.choice.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ stages
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance: bool) -> torch.Tensor:
+        """[uncond, cond] text embeddings (only cond without guidance); CLIP keeps 77 tokens."""
+        texts = [negative_prompt, prompt] if guidance else [prompt]
+        tokens = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        with self._on_device(self.text_encoder):
+            ids = tokens.input_ids.to(self.choice.device)
+            return self.text_encoder(ids)[0].to(self.choice.dtype)
+
+    def prompt_token_count(self, prompt: str) -> int:
+        return len(self.tokenizer(prompt).input_ids)
+
+    def __call__(
+        self,
+        image: torch.Tensor,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        steps: int = 20,
+        guidance: float = 7.5,
+        seed: int = 0,
+        scale_map: torch.Tensor | float = 1.0,
+        added_noise_level: int = 900,
+        tiling: DenoiseTiling | None = None,
+        vae_tiling: VaeTiling | None = None,
+        progress: ProgressFn = _no_progress,
+        check_cancel: CancelFn = _no_cancel,
+    ) -> torch.Tensor:
+        """Restore ``image`` ([1, 3, H, W] in [0, 1], H and W multiples of 8, on the CPU).
+
+        Returns [1, 3, H, W] float32 in [0, 1] on the CPU. ``scale_map`` is a float or a
+        [1, 1, H, W] map of ControlNet scales (region fidelity).
+        """
+        if image.ndim != 4 or image.shape[:2] != (1, 3):
+            raise ValueError(f"image must be [1, 3, H, W], got {list(image.shape)}")
+        height, width = image.shape[-2:]
+        f = self.vae_scale_factor
+        if height % f or width % f:
+            raise ValueError(f"image sides must be multiples of {f}, got {height}x{width}")
+        if torch.is_tensor(scale_map) and scale_map.shape[-2:] != image.shape[-2:]:
+            raise ValueError(f"scale map is {list(scale_map.shape)}, image is {list(image.shape)}")
+        device = self.choice.device
+        cfg = guidance > 1.0
+        generator = torch.Generator("cpu").manual_seed(seed)
+
+        check_cancel()
+        embeddings = self.encode_prompt(prompt, negative_prompt, cfg)
+
+        scheduler = UniPCMultistepScheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps
+
+        with self._on_device(self.vae):
+            init = self._encode(image * 2 - 1, vae_tiling, generator, progress, check_cancel)
+        latents = self._noised_start(scheduler, init, timesteps[:1], added_noise_level, generator)
+        del init
+
+        with self._on_device(self.unet, self.controlnet):
+            latents = self.denoise(
+                scheduler, latents, image, scale_map, embeddings, guidance, tiling, progress, check_cancel
+            )
+
+        with self._on_device(self.vae):
+            return self._decode(latents, vae_tiling, progress, check_cancel)
+
+    def denoise(
+        self,
+        scheduler: UniPCMultistepScheduler,
+        latents: torch.Tensor,
+        image: torch.Tensor,
+        scale_map: torch.Tensor | float,
+        embeddings: torch.Tensor,
+        guidance: float,
+        tiling: DenoiseTiling | None = None,
+        progress: ProgressFn = _no_progress,
+        check_cancel: CancelFn = _no_cancel,
+    ) -> torch.Tensor:
+        """The sampling loop: per step, blend the tiles' guided predictions, then step the whole latent."""
+        lh, lw = latents.shape[-2:]
+        plan = tiling or DenoiseTiling(max(lh, lw), 0)
+        tiles = plan_tiles(lh, lw, plan.tile, plan.overlap)
+        weights = [w.to(latents.device) for w in blend_weights(tiles, lh, lw)]
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            progress("denoise", i, len(timesteps))
+            noise = torch.zeros_like(latents)
+            for tile, weight in zip(tiles, weights, strict=True):
+                pred = self._predict(
+                    scheduler, latents, t, tile, image, scale_map, embeddings, guidance, check_cancel
+                )
+                rows, cols = tile.slices()
+                noise[..., rows, cols] += pred * weight
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+        progress("denoise", len(timesteps), len(timesteps))
+        return latents
+
+    def _noised_start(
+        self,
+        scheduler: UniPCMultistepScheduler,
+        init: torch.Tensor,
+        first: torch.Tensor,
+        added_noise_level: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """PASD's start: the encoded input noised to the first timestep, plus noise at level 900."""
+        noise = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
+        latents = scheduler.add_noise(init, noise, first.repeat(init.shape[0]))
+        added = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
+        level = torch.tensor([added_noise_level] * init.shape[0], device=init.device, dtype=torch.long)
+        latents = scheduler.add_noise(latents, added, level)
+        return latents * scheduler.init_noise_sigma
+
+    def _predict(
+        self,
+        scheduler: UniPCMultistepScheduler,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        tile: Tile,
+        image: torch.Tensor,
+        scale_map: torch.Tensor | float,
+        embeddings: torch.Tensor,
+        guidance: float,
+        check_cancel: CancelFn,
+    ) -> torch.Tensor:
+        """Guided noise prediction for one tile, in float32."""
+        device, dtype = self.choice.device, self.choice.dtype
+        rows, cols = tile.slices()
+        irows, icols = tile.slices(self.vae_scale_factor)
+        batch = embeddings.shape[0]
+        sample = latents[..., rows, cols].expand(batch, -1, -1, -1)
+        sample = scheduler.scale_model_input(sample, t).to(dtype)
+        cond = image[..., irows, icols].to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
+        scale = scale_map
+        if torch.is_tensor(scale_map):
+            scale = scale_map[..., irows, icols].to(device=device, dtype=dtype)
+        check_cancel()
+        down, mid = self.controlnet(
+            sample,
+            t,
+            encoder_hidden_states=embeddings,
+            controlnet_cond=cond,
+            conditioning_scale=scale,
+            return_dict=False,
+        )
+        check_cancel()
+        pred = self.unet(
+            sample,
+            t,
+            encoder_hidden_states=embeddings,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0].float()
+        if batch == 2:
+            uncond, cond_pred = pred.chunk(2)
+            pred = uncond + guidance * (cond_pred - uncond)
+        return pred
+
+    def _encode(
+        self,
+        image: torch.Tensor,
+        tiling: VaeTiling | None,
+        generator: torch.Generator,
+        progress: ProgressFn,
+        check_cancel: CancelFn,
+    ) -> torch.Tensor:
+        def on_tile(done: int, total: int) -> None:
+            progress("encode", done, total)
+
+        latents = tiled_encode(
+            self.vae,
+            image,
+            tiling,
+            generator=generator,
+            sample=True,
+            check_cancel=check_cancel,
+            on_tile=on_tile,
+        )
+        return latents.to(device=self.choice.device, dtype=torch.float32)
+
+    def _decode(
+        self, latents: torch.Tensor, tiling: VaeTiling | None, progress: ProgressFn, check_cancel: CancelFn
+    ) -> torch.Tensor:
+        def on_tile(done: int, total: int) -> None:
+            progress("decode", done, total)
+
+        f = self.vae_scale_factor
+        out = torch.empty(1, 3, latents.shape[-2] * f, latents.shape[-1] * f, dtype=torch.float32)
+        tiled_decode(self.vae, latents, tiling, out=out, check_cancel=check_cancel, on_tile=on_tile)
+        if not torch.isfinite(out).all() and self.vae.dtype != torch.float32:
+            # Half-precision SD VAEs overflow on some images; decoding again in fp32 fixes it.
+            torch.nn.Module.to(self.vae, torch.float32)
+            tiled_decode(self.vae, latents, tiling, out=out, check_cancel=check_cancel, on_tile=on_tile)
+        return out.add_(1).mul_(0.5).clamp_(0, 1)
+
+
+def model_widths(pipeline: PasdPipeline) -> tuple[int, int]:
+    """Base widths of the UNet and of the VAE decoder's last block, for tile-size estimates."""
+    return int(pipeline.unet.config.block_out_channels[0]), int(pipeline.vae.config.block_out_channels[0])

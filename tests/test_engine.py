@@ -1,0 +1,192 @@
+"""The engine end to end on tiny models: sizes, bit depths, alpha, grey, colorize, region fidelity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend import image_ops
+from backend.devices import DeviceError, auto_tile_sizes, choose_device
+from backend.engine import Canceled, CancelToken, Engine, InputError, plan_process_size
+from backend.models.loading import ModelLoadError
+from backend.pipelines.params import ParamsError, RestoreParams
+
+FAST = RestoreParams(steps=2, seed=7, process_size=256, prompt="old photo")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models: dict[str, Path]) -> Engine:
+    return Engine(tiny_models["full"].parent, device="cpu")
+
+
+def rgb(h: int, w: int, channels: int = 3, dtype=np.uint8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 255 if dtype == np.uint8 else 65535
+    return rng.integers(0, top + 1, size=(h, w, channels)).astype(dtype)
+
+
+def test_upscale_is_seeded_and_sized(engine: Engine) -> None:
+    img = rgb(40, 56)
+    a = engine.restore(img, FAST.with_(scale=2.0), model="tiny-full")
+    b = engine.restore(img, FAST.with_(scale=2.0), model="tiny-full")
+    assert a.image.shape == (80, 112, 3) and a.image.dtype == np.uint8
+    assert np.array_equal(a.image, b.image)
+    assert a.seed == 7 and a.model == "tiny-full"
+    assert a.plan.process_size == (256, 360)  # short side up to 256, multiples of 8
+    assert a.prompt == "old photo, clean, high-resolution, 8k"
+
+
+def test_random_seed_is_reported(engine: Engine) -> None:
+    res = engine.restore(rgb(16, 16), FAST.with_(seed=None, scale=1.0), model="tiny-full")
+    again = engine.restore(rgb(16, 16), FAST.with_(seed=res.seed, scale=1.0), model="tiny-full")
+    assert np.array_equal(res.image, again.image)
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_16_bit_with_alpha_round_trip(engine: Engine, channels: int) -> None:
+    img = rgb(24, 20, channels, np.uint16, seed=channels)
+    res = engine.restore(img, FAST.with_(scale=1.0), model="tiny-full")
+    assert res.image.dtype == np.uint16 and res.image.shape == img.shape
+    assert np.array_equal(res.image[..., -1], img[..., -1])  # ×1: alpha kept exactly
+    assert np.any(res.image[..., :-1] % 257 != 0)  # real 16-bit values, not 8-bit ones widened
+    up = engine.restore(img, FAST.with_(scale=3.0), model="tiny-full")
+    assert up.image.shape == (72, 60, channels)
+    alpha = torch.from_numpy(image_ops.to_float(img[..., -1:])).permute(2, 0, 1)[None]
+    want = image_ops.from_float(image_ops.resize(alpha, (72, 60), kind="alpha")[0, 0].numpy(), np.uint16)
+    assert np.array_equal(up.image[..., -1], want)  # alpha resized on its own, not by the model
+
+
+def test_grey_stays_grey(engine: Engine) -> None:
+    img = rgb(32, 32, 1)[..., 0]
+    res = engine.restore(img, FAST.with_(scale=2.0), model="tiny-full")
+    assert res.image.shape == (64, 64, 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (17, 5000)])
+def test_odd_sizes(engine: Engine, shape: tuple[int, int]) -> None:
+    img = rgb(*shape)
+    res = engine.restore(img, FAST.with_(scale=1.0, steps=1, tile=512), model="tiny-full")
+    assert res.image.shape == (*shape, 3)
+
+
+def test_plan_process_size_limits_extreme_aspect() -> None:
+    h, w = plan_process_size(17, 5000, 768, "upscale")
+    assert h >= 64 and h * w <= 4 * 768 * 768 * 1.0001
+    h, w = plan_process_size(2000, 3000, 768, "upscale")
+    assert (h, w) == (2000, 3000)
+    h, w = plan_process_size(4000, 6000, 768, "colorize")
+    assert (round(h), round(w)) == (768, 1152)
+
+
+def test_float_colorize_keeps_luminance_exactly(engine: Engine) -> None:
+    grey = np.random.default_rng(1).random((48, 40, 1), dtype=np.float32)
+    res = engine.restore(grey, FAST.with_(task="colorize", scale=1.0, prompt=""), model="tiny-color")
+    out = res.image
+    assert out.shape == (48, 40, 3) and out.dtype == np.float32
+
+    def y(pixels: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(pixels).permute(2, 0, 1)[None].double()
+        return image_ops.luminance(image_ops.srgb_to_linear(t.expand(1, 3, *t.shape[-2:])))
+
+    y_in, y_out = y(grey), y(out)
+    assert (y_out - y_in).abs().max() < 1e-5
+    assert np.abs(out[..., 0] - out[..., 2]).max() > 1e-3  # it did add colour
+    assert "color" in res.prompt
+
+
+def test_colorize_with_mask_colours_only_inside(engine: Engine) -> None:
+    img = rgb(32, 48, 3, np.uint16, seed=3)
+    mask = np.zeros((32, 48), np.float32)
+    mask[8:24, 10:30] = 1.0
+    res = engine.restore(img, FAST.with_(task="colorize", scale=1.0), mask=mask, model="tiny-color")
+    assert np.array_equal(res.image[mask == 0], img[mask == 0])
+    assert not np.array_equal(res.image[mask == 1], img[mask == 1])
+
+
+def test_region_fidelity_changes_only_what_it_should(engine: Engine) -> None:
+    img = rgb(64, 64, seed=9)
+    mask = np.zeros((64, 64), np.float32)
+    base = engine.restore(img, FAST.with_(scale=1.0, fidelity_fg=1.0, fidelity_bg=1.0), model="tiny-full")
+    same = engine.restore(
+        img, FAST.with_(scale=1.0, fidelity_fg=2.0, fidelity_bg=1.0), mask=mask, model="tiny-full"
+    )
+    other = engine.restore(
+        img, FAST.with_(scale=1.0, fidelity_fg=2.0, fidelity_bg=0.2), mask=mask, model="tiny-full"
+    )
+    assert np.array_equal(base.image, same.image)  # an empty selection leaves the background scale alone
+    assert not np.array_equal(base.image, other.image)
+
+
+def test_cancel_token_stops_a_run(engine: Engine) -> None:
+    token = CancelToken()
+    seen = []
+
+    def progress(stage: str, step: int, total: int) -> None:
+        seen.append(stage)
+        if stage == "denoise":
+            token.cancel()
+
+    with pytest.raises(Canceled):
+        engine.restore(rgb(32, 32), FAST, model="tiny-full", progress=progress, cancel=token)
+    assert "decode" not in seen
+
+
+def test_bad_input_gets_clear_errors(engine: Engine, tiny_models: dict[str, Path]) -> None:
+    with pytest.raises(InputError, match="empty"):
+        engine.restore(np.zeros((0, 5, 3), np.uint8), FAST)
+    with pytest.raises(InputError, match="channels"):
+        engine.restore(np.zeros((5, 5, 5), np.uint8), FAST)
+    with pytest.raises(InputError, match="8-bit, 16-bit or float32"):
+        engine.restore(np.zeros((5, 5, 3), np.int64), FAST)
+    with pytest.raises(InputError, match="NaN"):
+        engine.restore(np.full((5, 5, 3), np.nan, np.float32), FAST)
+    with pytest.raises(InputError, match="same size"):
+        engine.restore(rgb(8, 8), FAST, mask=np.zeros((4, 4), np.float32))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        engine.restore(rgb(8, 8), FAST, mask=np.full((8, 8), 2.0, np.float32))
+    with pytest.raises(InputError, match="scale must be between 1 and 4"):
+        engine.restore(rgb(8, 8), FAST.with_(scale=8.0))
+    with pytest.raises(ModelLoadError, match="does not do colorize"):
+        engine.restore(rgb(8, 8), FAST.with_(task="colorize", scale=1.0), model="tiny-full")
+    with pytest.raises(ModelLoadError, match="not installed"):
+        engine.restore(rgb(8, 8), FAST, model="no-such-model")
+
+
+def test_params_validation_names_the_parameter() -> None:
+    for field, value, text in [
+        ("fidelity_fg", 2.5, "fidelity_fg must be between 0 and 2"),
+        ("fidelity_bg", float("nan"), "fidelity_bg must be a finite number"),
+        ("steps", 0, "steps must be between 1 and 200"),
+        ("tile", 100, "tile must be a multiple of 8"),
+        ("seed", -1, "seed must be between"),
+    ]:
+        with pytest.raises(ParamsError, match=text):
+            RestoreParams(**{field: value}).validate()
+    with pytest.raises(ParamsError, match="unknown parameter"):
+        RestoreParams.from_dict({"scael": 2})
+    assert RestoreParams.from_dict(RestoreParams(seed=3).to_dict()) == RestoreParams(seed=3)
+
+
+def test_device_choice_on_this_machine() -> None:
+    choice = choose_device("auto")
+    assert choice.device.type in ("cpu", "cuda", "mps")
+    cpu = choose_device("cpu")
+    assert cpu.dtype == torch.float32
+    with pytest.raises(DeviceError, match="fp16 is not supported on the CPU"):
+        choose_device("cpu", "fp16")
+    with pytest.raises(DeviceError, match="unknown precision"):
+        choose_device("cpu", "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            choose_device("cuda")
+
+
+def test_auto_tiles_follow_free_memory() -> None:
+    small = auto_tile_sizes(2 * 2**30, 320, 128, torch.float16)
+    large = auto_tile_sizes(40 * 2**30, 320, 128, torch.float16)
+    assert 512 <= small.diffusion <= large.diffusion <= 2048
+    assert small.vae <= large.vae
+    assert small.diffusion % 64 == 0 and small.vae % 64 == 0
