@@ -265,12 +265,13 @@ class Engine:
         except Exception as exc:
             if is_out_of_memory(exc):
                 empty_cache(self.choice.device)
+                where = "the GPU" if self.choice.is_accelerator else "memory"
                 smaller = max(64, plan.tile // 2 // 64 * 64)
                 raise OutOfMemory(
                     f"Ran out of memory on {self.choice.name} while in stage '{stage[0]}' with "
                     f"{plan.tile}px diffusion tiles and {plan.vae_tile}px VAE tiles. Try smaller tiles "
                     f"(for example --tile {smaller} --vae-tile {max(64, plan.vae_tile // 2 // 64 * 64)}), "
-                    "close other programs that use the GPU, or use a smaller scale."
+                    f"close other programs that use {where}, or use a smaller scale."
                 ) from exc
             raise
         report("done", 1, 1)

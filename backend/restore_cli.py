@@ -54,6 +54,13 @@ def add_restore_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--noise-level", type=int, default=900, help="PASD's added noise level, 0 to 999")
         p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
         p.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
+        p.add_argument(
+            "--offload",
+            choices=("auto", "on", "off"),
+            default="auto",
+            help="keep models in system memory and move each to the GPU only for its stage "
+            "(auto: when GPU memory is short)",
+        )
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=run_restore, task=task)
 
@@ -93,7 +100,8 @@ def run_restore(args: argparse.Namespace) -> int:
         ).validate()
         image = read_image(args.input)
         mask = read_mask(args.mask, image.shape[:2]) if args.mask else None
-        engine = Engine(args.models, device=args.device, dtype=args.dtype)
+        offload = {"auto": None, "on": True, "off": False}[args.offload]
+        engine = Engine(args.models, device=args.device, dtype=args.dtype, offload=offload)
     except (ParamsError, ImageInputError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,15 @@ from backend.pipelines.prescale import (
     load_gan_prescaler,
     make_prescaler,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny convolutions gain nothing from threads, and on a busy runner their spin-waits cost seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class TinyRRDBNet(nn.Module):
@@ -69,6 +79,8 @@ def one_shot(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         ((30, 41), (30, 41)),
         ((300, 100), (100, 500)),  # height first: the smaller intermediate
         ((50, 40), (130, 40)),
+        ((100, 1), (300, 5)),
+        ((1, 100), (5, 300)),
     ],
 )
 def test_bicubic_equals_one_call(shape: tuple[int, int], size: tuple[int, int]) -> None:
@@ -77,6 +89,14 @@ def test_bicubic_equals_one_call(shape: tuple[int, int], size: tuple[int, int]) 
     assert out.shape == (1, 3, *size) and out.dtype == torch.float32
     torch.testing.assert_close(out, one_shot(x, size), atol=1e-5, rtol=0)
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_bicubic_one_column() -> None:
+    """A one-column picture resizes like each column of a wider one (PyTorch's own call gets it wrong)."""
+    column = torch.rand(1, 3, 40, 1)
+    wide = one_shot(column.expand(-1, -1, -1, 3), (90, 3))
+    torch.testing.assert_close(BicubicPrescaler()(column, (90, 1)), wide[..., :1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(BicubicPrescaler()(column, (90, 3)), wide, atol=1e-6, rtol=0)
 
 
 def test_bicubic_cancel_and_input_untouched() -> None:
@@ -136,15 +156,22 @@ def test_gan_second_pass_beyond_its_scale() -> None:
 
 
 def test_gan_channels() -> None:
-    _, pre = gan(tile=32, halo=8)
-    rgba = pre(torch.rand(1, 4, 20, 24), (80, 96))
-    grey = pre(torch.rand(1, 1, 20, 24), (80, 96))
-    assert rgba.shape == (1, 4, 80, 96) and grey.shape == (1, 1, 80, 96)
-    _, grey_net = gan(channels=1, tile=32, halo=8)
-    assert grey_net(torch.rand(1, 3, 20, 24), (80, 96)).shape == (1, 3, 80, 96)
+    _, pre = gan(tile=16, halo=8)
+    rgba = torch.rand(1, 4, 20, 24)
+    out = pre(rgba, (80, 96))  # colour through the network, alpha by bicubic
+    assert out.shape == (1, 4, 80, 96)
+    torch.testing.assert_close(out[:, :3], pre.upscale(rgba[:, :3]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[:, 3:], one_shot(rgba[:, 3:], (80, 96)), atol=1e-5, rtol=0)
+    grey = torch.rand(1, 1, 20, 24)
+    expected = pre.upscale(grey.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+    torch.testing.assert_close(pre(grey, (80, 96)), expected, atol=1e-6, rtol=0)
+    _, grey_net = gan(channels=1, tile=16, halo=8)
+    rgb = torch.rand(1, 3, 20, 24)
+    planes = torch.cat([grey_net.upscale(rgb[:, i : i + 1]) for i in range(3)], dim=1)
+    torch.testing.assert_close(grey_net(rgb, (80, 96)), planes, atol=1e-6, rtol=0)
     _, four = gan(channels=4, tile=32)
     with pytest.raises(PrescalerError, match="4-channel"):
-        four(torch.rand(1, 3, 20, 24), (80, 96))
+        four(rgb, (80, 96))
 
 
 def test_gan_cancel_before_every_tile() -> None:

@@ -28,7 +28,7 @@ MAX_WORDS = 20
 MAX_NEW_TOKENS = 30
 _PREVIEW_SIDE = 768  # the processor resizes to 384; shrinking first spares it a huge PIL image
 
-# BLIP's well-known artefacts ("arafed", "araffe", ...) and openers that describe the medium.
+# BLIP's well-known artefacts ("arafed", "araffe", ...) and openers that carry no content.
 _NONSENSE = re.compile(r"^araf+\w*$")
 _OPENERS = (
     "there is",

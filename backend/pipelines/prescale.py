@@ -40,6 +40,9 @@ def _noop() -> None:
 
 
 def _bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if x.shape[-1] == 1 and size[1] == 1 and size[0] != x.shape[-2]:
+        # PyTorch's antialiased kernel gets a one-column picture's height change wrong (not two columns).
+        return _bicubic(x.expand(*x.shape[:-1], 2), (size[0], 2))[..., :1].contiguous()
     return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
 
 
@@ -122,6 +125,8 @@ class GanPrescaler:
                 x = self.bicubic(x, step, check)
             x = self.upscale(x, check)
             passes += 1
+        if passes and tuple(x.shape[-2:]) == (height, width):
+            return x  # the network's own output buffer, already clamped: no copy of a large picture
         return self.bicubic(x, (height, width), check)
 
     def upscale(self, image: torch.Tensor, check_cancel: CheckCancel | None = None) -> torch.Tensor:
@@ -130,27 +135,30 @@ class GanPrescaler:
         channels = image.shape[1]
         if channels == self.in_channels:
             return self._tiled(image, check)
-        # Colour through the network, extra channels (alpha) by bicubic.
+        # Colour through the network, extra channels (alpha) by bicubic, into one output buffer.
         colour = 1 if channels <= 2 else 3
         rgb, extra = image[:, :colour], image[:, colour:]
+        out = torch.empty((1, channels, *_scaled(image, self)), dtype=torch.float32)
         if colour == self.in_channels:
-            out = self._tiled(rgb, check)
+            self._tiled(rgb, check, out[:, :colour])
         elif colour == 1 and self.in_channels == 3:  # grey into an RGB network
-            out = self._tiled(rgb.expand(-1, 3, -1, -1), check).mean(dim=1, keepdim=True)
+            out[:, :1] = self._tiled(rgb.expand(-1, 3, -1, -1), check).mean(dim=1, keepdim=True)
         elif colour == 3 and self.in_channels == 1:  # RGB into a grey network: one plane at a time
-            out = self._tiled(rgb.reshape(3, 1, *rgb.shape[-2:]), check).reshape(1, 3, *_scaled(rgb, self))
+            self._tiled(rgb.reshape(3, 1, *rgb.shape[-2:]), check, out[0, :3, None])
         else:
             raise PrescalerError(
                 f"the GAN upscaler takes {self.in_channels}-channel images, this one has {channels}"
             )
         if extra.shape[1]:
-            out = torch.cat([out, self.bicubic(extra, _scaled(extra, self), check)], dim=1)
+            out[:, colour:] = self.bicubic(extra, _scaled(extra, self), check)
         return out
 
-    def _tiled(self, x: torch.Tensor, check: CheckCancel) -> torch.Tensor:
+    def _tiled(self, x: torch.Tensor, check: CheckCancel, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The network over ``x`` tile by tile, written into ``out`` (a new buffer if not given)."""
         batch, channels, in_h, in_w = x.shape
         s, halo = self.scale, self.halo
-        out = torch.empty((batch, channels, in_h * s, in_w * s), dtype=torch.float32)
+        if out is None:
+            out = torch.empty((batch, channels, in_h * s, in_w * s), dtype=torch.float32)
         for top, bottom in _spans(in_h, self.tile):
             for left, right in _spans(in_w, self.tile):
                 check()
