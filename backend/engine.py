@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 MIN_PROCESS_SIDE = 64  # pixels; smaller sides leave the UNet's deepest level without room
-COLORFIX_TILE = 1024
+COLORFIX_BAND = 256  # rows per band of the in-place colour fix
 
 
 class EngineError(RuntimeError):
@@ -366,7 +366,7 @@ class Engine:
         report("finish", 0, 1)
         if params.task == "upscale":
             if params.color_fix:
-                restored = image_ops.wavelet_color_fix(restored, cond, tile=COLORFIX_TILE)
+                restored = image_ops.wavelet_color_fix(restored, cond, tile=COLORFIX_BAND, in_place=True)
             del cond
             result = image_ops.resize(restored, plan.output_size)
             del restored

@@ -90,8 +90,37 @@ def _wavelet_lowpass(
     return region
 
 
+def _wavelet_color_fix_in_place(
+    content: torch.Tensor, style: torch.Tensor, levels: int, band: int
+) -> torch.Tensor:
+    """The colour fix written back into ``content`` in full-width bands of rows, top to bottom.
+
+    A band's low-pass needs ``halo`` original rows above it, which the previous band has already
+    overwritten, so those rows are kept aside before each write. Extra memory: a few bands.
+    """
+    height, width = content.shape[-2:]
+    halo = 2**levels - 1
+    band = max(band, halo + 1)
+    saved: torch.Tensor | None = None  # original rows [y0 - halo, y0)
+    for y0 in range(0, height, band):
+        y1 = min(height, y0 + band)
+        top, bottom = max(0, y0 - halo), min(height, y1 + halo)
+        below = content[..., y0:bottom, :]
+        region = below if saved is None else torch.cat([saved, below], dim=-2)
+        target = (y0, y1, 0, width)
+        low_content = _wavelet_lowpass(region, (top, 0), target, (height, width), levels)
+        low_style = _wavelet_lowpass(style[..., top:bottom, :], (top, 0), target, (height, width), levels)
+        saved = content[..., max(0, y1 - halo) : y1, :].clone()
+        content[..., y0:y1, :] = content[..., y0:y1, :] - low_content + low_style
+    return content
+
+
 def wavelet_color_fix(
-    content: torch.Tensor, style: torch.Tensor, levels: int = 5, tile: int | None = None
+    content: torch.Tensor,
+    style: torch.Tensor,
+    levels: int = 5,
+    tile: int | None = None,
+    in_place: bool = False,
 ) -> torch.Tensor:
     """PASD's wavelet colour fix: ``content`` keeps its detail and takes ``style``'s low frequencies.
 
@@ -103,6 +132,8 @@ def wavelet_color_fix(
     ``2**levels - 1`` pixels (the blurs' total reach), so the result equals the untiled one while the
     working memory follows the tile size, not the image's (only the output is image-sized). Tiles of a
     few hundred pixels are also about twice as fast on CPU as one whole large image (cache-sized buffers).
+    With ``in_place``, the result is written into ``content`` in bands of ``tile`` rows (default 256)
+    and no image-sized buffer is allocated at all; the numbers are the same.
     """
     if content.ndim != 4 or content.shape != style.shape:
         raise ValueError(
@@ -116,6 +147,8 @@ def wavelet_color_fix(
         raise ValueError(f"tile must be a positive number of pixels, got {tile}")
     height, width = content.shape[-2:]
     style = style.to(content.dtype)
+    if in_place:
+        return _wavelet_color_fix_in_place(content, style, levels, tile or 256)
     if tile is None or (tile >= height and tile >= width):
         target = (0, height, 0, width)
         low_content = _wavelet_lowpass(content, (0, 0), target, (height, width), levels)
@@ -275,8 +308,14 @@ def from_float(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     dtype = np.dtype(dtype)
     scale = _INT_MAX.get(dtype)
     if scale is not None:
-        scaled = np.rint(np.asarray(array, dtype=np.float64) * scale)
-        return np.clip(scaled, 0, scale).astype(dtype)
+        array = np.asarray(array)
+        out = np.empty(array.shape, dtype=dtype)
+        # In bands of rows: float64 temporaries of a whole 64-megapixel image would need gigabytes.
+        rows = max(1, 2**20 // max(1, array[:1].size))
+        for y in range(0, array.shape[0], rows):
+            scaled = np.rint(np.asarray(array[y : y + rows], dtype=np.float64) * scale)
+            out[y : y + rows] = np.clip(scaled, 0, scale)
+        return out
     if np.issubdtype(dtype, np.floating):
         return np.asarray(array).astype(dtype, copy=False)
     raise ValueError(f"unsupported pixel type {dtype}: expected uint8, uint16 or float")

@@ -5,7 +5,7 @@ growth per extra output megapixel, which must stay under 64 MB: only image-sized
 pre-scaled image, output) may grow with the image, never model activations, because the diffusion
 and the VAE run in tiles.
 
-    python bench/engine_memory.py [--sizes 1,4,16,64] [--steps 1] [--tile 256] [--vae-tile 1024]
+    python bench/engine_memory.py [--sizes 1,4,16,64] [--steps 1] [--tile 256] [--vae-tile 512]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="1,4,16,64", help="output megapixels, comma-separated")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--vae-tile", type=int, default=1024)
+    parser.add_argument("--vae-tile", type=int, default=512)
     parser.add_argument("--models", type=Path, help="folder holding the model (default: a fresh tiny one)")
     parser.add_argument("--model", default="bench-tiny")
     parser.add_argument("--child-megapixels", type=float, help=argparse.SUPPRESS)

@@ -40,6 +40,8 @@ def test_colour_fix_matches_reference(case: str, tile: int | None) -> None:
     content, style = recorded[f"{case}.content"], recorded[f"{case}.style"]
     ours = wavelet_color_fix(content, style, tile=tile)
     assert (ours - recorded[f"{case}.output"]).abs().max().item() < 1e-5
+    ours = wavelet_color_fix(content.clone(), style, tile=tile, in_place=True)
+    assert (ours - recorded[f"{case}.output"]).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,10 @@ def test_tiled_colour_fix_equals_untiled(height: int, width: int, tile: int) -> 
     tiled = wavelet_color_fix(content, style, tile=tile)
     assert tiled.shape == whole.shape
     assert (tiled - whole).abs().max().item() <= 1e-6
+    target = content.clone()
+    banded = wavelet_color_fix(target, style, tile=tile, in_place=True)
+    assert banded.data_ptr() == target.data_ptr()  # written into content, no image-sized buffer
+    assert (banded - whole).abs().max().item() <= 1e-6
 
 
 def test_colour_fix_leaves_inputs_alone_and_takes_style_colour() -> None:

@@ -208,3 +208,11 @@ def test_bad_inputs_are_refused(pipeline: PasdPipeline) -> None:
         run(pipeline, image(60, 64))
     with pytest.raises(ValueError, match="scale map"):
         run(pipeline, image(64, 64), scale_map=torch.ones(1, 1, 32, 32))
+
+
+def test_attention_runs_on_scaled_dot_product(pipeline: PasdPipeline) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for model in (pipeline.unet, pipeline.controlnet, pipeline.vae):
+        processors = model.attn_processors.values()
+        assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors)
