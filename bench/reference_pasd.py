@@ -45,11 +45,12 @@ def main() -> int:
 
     sys.path.insert(0, str(args.pasd_repo))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _stub_torchvision()
     import diffusers.models.unets.unet_2d_blocks as blocks
     from diffusers import AutoencoderKL, UniPCMultistepScheduler
     from PIL import Image
     from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    _stub_torchvision()  # after diffusers and transformers have probed for the real one
 
     sys.modules.setdefault("diffusers.models.transformers.unet_2d_blocks", blocks)
     from gpu_pasd import CLIP_L_TEXT, SD_VAE  # same component configs as ours
