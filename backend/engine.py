@@ -25,7 +25,7 @@ from .devices import DeviceChoice, auto_tile_sizes, choose_device, empty_cache, 
 from .models.loading import ModelLoadError
 from .models.registry import DEFAULT_MODEL_FOR_TASK
 from .models.store import InstalledModel, installed_models, resolve_model
-from .pipelines.captioner import find_captioner
+from .pipelines.captioner import Captioner, find_captioner
 from .pipelines.params import RestoreParams
 from .pipelines.pasd import DenoiseTiling, PasdPipeline, model_widths
 from .pipelines.prescale import make_prescaler
@@ -137,6 +137,7 @@ class Engine:
         self._offload = offload
         self._pipeline: PasdPipeline | None = None
         self._loaded: Path | None = None
+        self._captioner: Captioner | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ models
@@ -185,6 +186,12 @@ class Engine:
         weights = sum(p.stat().st_size for p in model.root.rglob("*.safetensors"))
         bytes_per = 2 if self.choice.dtype != torch.float32 else 4
         return weights * bytes_per / 4 > free_memory(self.choice.device) / 2
+
+    def captioner(self) -> Captioner | None:
+        """BLIP for automatic prompt words, loaded once; None while its weights are not installed."""
+        if self._captioner is None:
+            self._captioner = find_captioner(self.models_dir, self.choice.device, self.choice.dtype)
+        return self._captioner
 
     def unload(self) -> None:
         self._pipeline = None
@@ -326,7 +333,7 @@ class Engine:
 
         auto_words = ""
         if params.auto_prompt:
-            captioner = find_captioner(self.models_dir)
+            captioner = self.captioner()
             if captioner is None:
                 notes.append("automatic description is off: its model (blip) is not installed")
             else:

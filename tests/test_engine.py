@@ -240,3 +240,26 @@ def test_out_of_memory_becomes_a_message(tiny_models: dict[str, Path]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MESSAGE: Ran out of memory" in done.stdout and "Try smaller tiles" in done.stdout
     assert "NEXT: (64, 64, 3)" in done.stdout  # the engine still works afterwards
+
+
+def test_automatic_words_join_the_prompt_when_blip_is_installed(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    from backend.models.tiny_blip import write_tiny_blip
+
+    (tmp_path / "tiny-full").symlink_to(tiny_models["full"], target_is_directory=True)
+    params = FAST.with_(scale=1.0, auto_prompt=True, prompt="a house")
+    without = Engine(tmp_path, device="cpu").restore(rgb(16, 16), params, model="tiny-full")
+    assert without.prompt == "a house, clean, high-resolution, 8k"
+    assert any("automatic description is off" in note for note in without.notes)
+
+    write_tiny_blip(tmp_path / "blip")
+    engine = Engine(tmp_path, device="cpu")
+    result = engine.restore(rgb(16, 16), params, model="tiny-full")
+    words = engine.captioner().describe(torch.rand(1, 3, 32, 32))
+    parts = result.prompt.split(", ")
+    assert parts[0] == "a house" and parts[-3:] == ["clean", "high-resolution", "8k"]
+    # The caption sits between the user's words and the quality words (the tiny random BLIP says the
+    # same words for any picture, so the engine's caption equals the one of another image).
+    assert len(parts) == 5 and parts[1] == words
+    assert not result.notes
