@@ -188,3 +188,12 @@ def test_half_precision_runs(vae: AutoencoderKL) -> None:
     result = tiled_decode(half, z, VaeTiling(4, halo=2))
     assert result.dtype == torch.float32 and torch.isfinite(result).all()
     assert rel_error(result, expected) < 5e-2
+
+
+def test_encode_from_unit_range_matches_encoding_the_mapped_image(vae: AutoencoderKL) -> None:
+    unit = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(11))
+    for tiling in (None, VaeTiling(tile=4, halo=2)):
+        with torch.no_grad():
+            mapped = tiled_encode(vae, unit * 2 - 1, tiling, sample=False)
+            direct = tiled_encode(vae, unit, tiling, sample=False, from_unit=True)
+        assert torch.equal(mapped, direct)

@@ -184,7 +184,7 @@ class PasdPipeline:
         timesteps = scheduler.timesteps
 
         with self._on_device(self.vae):
-            init = self._encode(image * 2 - 1, vae_tiling, generator, progress, check_cancel)
+            init = self._encode(image, vae_tiling, generator, progress, check_cancel)
         latents = self._noised_start(scheduler, init, timesteps[:1], added_noise_level, generator)
         del init
 
@@ -308,6 +308,7 @@ class PasdPipeline:
             sample=True,
             check_cancel=check_cancel,
             on_tile=on_tile,
+            from_unit=True,  # [0, 1] → [-1, 1] per tile: no image-sized temporary
         )
         return latents.to(device=self.choice.device, dtype=torch.float32)
 

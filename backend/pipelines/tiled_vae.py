@@ -362,6 +362,10 @@ def tiled_decode(
 
 
 @torch.no_grad()
+def _vae_input(x: torch.Tensor, from_unit: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return (x * 2 - 1 if from_unit else x).to(device, dtype)
+
+
 def tiled_encode(
     vae: nn.Module,
     image: torch.Tensor,
@@ -371,8 +375,12 @@ def tiled_encode(
     sample: bool = True,
     check_cancel: Callable[[], None] | None = None,
     on_tile: Progress | None = None,
+    from_unit: bool = False,
 ) -> torch.Tensor:
     """Encode an image ``[B, 3, H, W]`` in [-1, 1] to *scaled* latents ``[B, 4, H/8, W/8]``.
+
+    With ``from_unit`` the image is in [0, 1] and each tile is mapped to [-1, 1] on its way to the
+    VAE, so a large image needs no image-sized temporary.
 
     The latents are the distribution's mean, or a sample of it whose noise is drawn once for the whole
     latent (exactly as ``latent_dist.sample(generator)`` draws it), so tiling never changes the noise. H and
@@ -390,7 +398,7 @@ def tiled_encode(
     if _single_tile(h, w, tiling):
         if check_cancel is not None:
             check_cancel()
-        dist = vae.encode(image.to(device, dtype)).latent_dist
+        dist = vae.encode(_vae_input(image, from_unit, device, dtype)).latent_dist
         z = dist.sample(generator) if sample else dist.mean
         if on_tile is not None:
             on_tile(1, 1)
@@ -404,7 +412,7 @@ def tiled_encode(
     )
 
     def forward(tile: _Tile) -> torch.Tensor:
-        moments = vae.encoder(image[(..., *tile.padded(LATENT_FACTOR))].to(device, dtype))
+        moments = vae.encoder(_vae_input(image[(..., *tile.padded(LATENT_FACTOR))], from_unit, device, dtype))
         return vae.quant_conv(moments) if vae.quant_conv is not None else moments
 
     def emit(tile: _Tile, moments: torch.Tensor) -> None:
