@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from . import image_ops
-from .devices import DeviceChoice, auto_tile_sizes, choose_device, empty_cache, free_memory, is_out_of_memory
+from .devices import (
+    DeviceChoice,
+    auto_tile_sizes,
+    choose_device,
+    empty_cache,
+    free_memory,
+    is_out_of_memory,
+    return_large_buffers_to_os,
+)
 from .models.loading import ModelLoadError
 from .models.registry import DEFAULT_MODEL_FOR_TASK
 from .models.store import InstalledModel, installed_models, resolve_model
@@ -134,6 +142,7 @@ class Engine:
     ) -> None:
         self.models_dir = models_dir
         self.choice: DeviceChoice = choose_device(device, dtype)
+        return_large_buffers_to_os()
         self._offload = offload
         self._pipeline: PasdPipeline | None = None
         self._loaded: Path | None = None
