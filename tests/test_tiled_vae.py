@@ -9,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
+from backend.models.tiny import tiny_vae_config
 from backend.pipelines.tiled_vae import VaeTiling, _spans, _tiles, tiled_decode, tiled_encode
 
 TOLERANCE = 1e-2
@@ -21,17 +22,7 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def vae() -> AutoencoderKL:
     """The tiny VAE of ``backend.models.tiny.write_tiny_model`` (same config), with seeded random weights."""
-    model = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    ).eval()
+    model = AutoencoderKL(**tiny_vae_config()).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():

@@ -178,6 +178,21 @@ def tiny_controlnet_config(use_rrdb: bool = False) -> dict[str, Any]:
     return cfg
 
 
+def tiny_vae_config() -> dict[str, Any]:
+    """The SD VAE layout (×8 down, GroupNorm, mid-block attention) at tiny widths."""
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+
+
 def write_pasd_components(folder: Path, variant: Literal["full", "light"], use_rrdb: bool, seed: int) -> None:
     """``unet/`` and ``controlnet/`` of a tiny PASD checkpoint."""
     gen = torch.Generator().manual_seed(seed)
@@ -222,17 +237,7 @@ def write_tiny_model(
     _randomize(text_encoder, gen)
     text_encoder.save_pretrained(str(root / "text_encoder"))
 
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=64,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    )
+    vae = AutoencoderKL(**tiny_vae_config())
     _randomize(vae, gen)
     vae.save_pretrained(str(root / "vae"))
 
