@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inspect)
 
     from .restore_cli import add_restore_parsers
+    from .service.server import add_service_parsers
 
     add_restore_parsers(sub)
+    add_service_parsers(sub)
     return parser
 
 

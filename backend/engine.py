@@ -35,8 +35,9 @@ from .models.registry import DEFAULT_MODEL_FOR_TASK
 from .models.store import InstalledModel, installed_models, resolve_model
 from .pipelines.captioner import Captioner, find_captioner
 from .pipelines.params import RestoreParams
-from .pipelines.pasd import DenoiseTiling, PasdPipeline, model_widths
+from .pipelines.pasd import DenoiseTiling, PasdPipeline, PreviewFn, model_widths
 from .pipelines.prescale import make_prescaler
+from .pipelines.preview import to_preview
 from .pipelines.prompt import colorize_words, join_prompt
 from .pipelines.tiled_vae import VaeTiling
 from .pipelines.tiling import plan_tiles
@@ -234,14 +235,16 @@ class Engine:
         model: str | Path | None = None,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        preview: PreviewFn | None = None,
     ) -> RestoreResult:
         """Restore (upscale) or colorize ``image`` (H×W or H×W×C, C in 1–4, uint8/uint16/float32).
 
         The result has the input's dtype and its channels (grey stays grey when upscaling; colorize
-        turns grey into RGB); alpha is resized separately and kept.
+        turns grey into RGB); alpha is resized separately and kept. ``preview`` receives small
+        H×W×3 uint8 pictures as the run goes: the pre-scaled input, each step's estimate, the result.
         """
         with self._lock, torch.inference_mode():
-            return self._restore(image, params, mask, model, progress, cancel or CancelToken())
+            return self._restore(image, params, mask, model, progress, cancel or CancelToken(), preview)
 
     def _restore(
         self,
@@ -251,6 +254,7 @@ class Engine:
         model_name: str | Path | None,
         progress: ProgressFn | None,
         cancel: CancelToken,
+        preview: PreviewFn | None = None,
     ) -> RestoreResult:
         started = time.perf_counter()
         try:
@@ -274,7 +278,7 @@ class Engine:
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         try:
             out, prompt, negative, notes = self._run(
-                pixels, soft, params, plan, pipeline, seed, report, cancel
+                pixels, soft, params, plan, pipeline, seed, report, cancel, preview
             )
         except Canceled:
             raise
@@ -312,6 +316,7 @@ class Engine:
         seed: int,
         report: ProgressFn,
         cancel: CancelToken,
+        preview: PreviewFn | None = None,
     ) -> tuple[np.ndarray, str, str, list[str]]:
         notes: list[str] = []
         height, width, channels = pixels.shape
@@ -331,6 +336,8 @@ class Engine:
             prescaler = make_prescaler(params.prescaler, self.choice.device, self.choice.dtype)
             cond = prescaler(original.contiguous(), process, check_cancel=cancel.check).clamp_(0, 1)
         report("prescale", 1, 1)
+        if preview is not None:
+            preview(to_preview(cond))
 
         if soft is not None:
             m = image_ops.resize(torch.from_numpy(soft)[None, None], process, kind="mask")
@@ -376,6 +383,7 @@ class Engine:
             vae_tiling=vae_tiling,
             progress=report,
             check_cancel=cancel.check,
+            preview=preview,
         )
         del scale
         cancel.check()
@@ -400,6 +408,8 @@ class Engine:
             alpha = torch.from_numpy(image_ops.to_float(pixels[..., -1:])).permute(2, 0, 1)[None]
             alpha = image_ops.resize(alpha, plan.output_size, kind="alpha")[0].permute(1, 2, 0).numpy()
             out = np.concatenate([out, alpha], axis=2)
+        if preview is not None:
+            preview(to_preview(result if colour_channels == 3 else result.expand(1, 3, -1, -1)))
         report("finish", 1, 1)
         return np.ascontiguousarray(image_ops.from_float(out, pixels.dtype)), prompt, negative, notes
 

@@ -26,6 +26,7 @@ import os
 import secrets
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -84,6 +85,11 @@ def read_mask(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarray
             f"The mask {path} is {width}×{height} pixels but the image is {size[1]}×{size[0]} "
             "(width×height); the mask must have the image's size."
         )
+    return mask_from_pixels(array)
+
+
+def mask_from_pixels(array: np.ndarray) -> np.ndarray:
+    """An H×W×C image as a float32 H×W mask: alpha if it has one, else grey, else Rec.709 grey of RGB."""
     channels = array.shape[2]
     if channels in (2, 4):
         return to_float(array[..., -1])
@@ -91,6 +97,45 @@ def read_mask(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarray
         return to_float(array[..., 0])
     grey = to_float(array) @ _MASK_RGB_WEIGHTS
     return np.clip(grey, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    kind: str  # PNG, TIFF, JPEG, WebP or NPY
+    height: int
+    width: int
+
+
+def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
+    """Format and size from the file's header only, so a size limit can be applied before decoding."""
+    path = Path(path)
+    kind = _sniff(path)
+    try:
+        if kind == "PNG":
+            with path.open("rb") as fh:
+                head = fh.read(24)
+            if len(head) < 24 or head[12:16] != b"IHDR":
+                raise ImageInputError(f"The PNG file {path} is truncated or damaged (no image header).")
+            width, height = struct.unpack(">II", head[16:24])
+        elif kind == "TIFF":
+            with tifffile.TiffFile(path) as tif:
+                height, width = tif.pages[0].imagelength, tif.pages[0].imagewidth
+        elif kind == "NPY":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            if len(shape) not in (2, 3):
+                raise ImageInputError(
+                    f"The NPY file {path} holds an array of shape {shape}; expected height×width "
+                    "or height×width×channels."
+                )
+            height, width = shape[:2]
+        else:
+            with Image.open(path) as image:
+                width, height = image.size
+    except ImageInputError:
+        raise
+    except Exception as exc:
+        raise ImageInputError(f"Could not read the {kind} header of {path}: {exc}") from exc
+    return ImageHeader(kind, int(height), int(width))
 
 
 def _sniff(path: Path) -> str:

@@ -13,20 +13,24 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, UniPCMultistepScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..devices import DeviceChoice
+from ..image_ops import area_resize
 from ..models.controlnet import PasdControlNetModel
 from ..models.loading import ModelLoadError
 from ..models.store import InstalledModel
 from ..models.unet import PasdUNet2DConditionModel
+from .preview import LatentPreview
 from .tiled_vae import VaeTiling, tiled_decode, tiled_encode
 from .tiling import Tile, blend_weights, plan_tiles
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], None]
+PreviewFn = Callable[[np.ndarray], None]
 
 
 def _no_progress(stage: str, step: int, total: int) -> None:
@@ -158,11 +162,13 @@ class PasdPipeline:
         vae_tiling: VaeTiling | None = None,
         progress: ProgressFn = _no_progress,
         check_cancel: CancelFn = _no_cancel,
+        preview: PreviewFn | None = None,
     ) -> torch.Tensor:
         """Restore ``image`` ([1, 3, H, W] in [0, 1], H and W multiples of 8, on the CPU).
 
         Returns [1, 3, H, W] float32 in [0, 1] on the CPU. ``scale_map`` is a float or a
-        [1, 1, H, W] map of ControlNet scales (region fidelity).
+        [1, 1, H, W] map of ControlNet scales (region fidelity). ``preview`` gets a small RGB
+        picture of the current estimate after every step.
         """
         if image.ndim != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"image must be [1, 3, H, W], got {list(image.shape)}")
@@ -185,12 +191,25 @@ class PasdPipeline:
 
         with self._on_device(self.vae):
             init = self._encode(image, vae_tiling, generator, progress, check_cancel)
+        on_step = None
+        if preview is not None:
+            previewer = LatentPreview(init, image)
+            on_step = lambda estimate: preview(previewer(estimate))  # noqa: E731
         latents = self._noised_start(scheduler, init, timesteps[:1], added_noise_level, generator)
         del init
 
         with self._on_device(self.unet, self.controlnet):
             latents = self.denoise(
-                scheduler, latents, image, scale_map, embeddings, guidance, tiling, progress, check_cancel
+                scheduler,
+                latents,
+                image,
+                scale_map,
+                embeddings,
+                guidance,
+                tiling,
+                progress,
+                check_cancel,
+                on_step,
             )
 
         with self._on_device(self.vae):
@@ -207,8 +226,12 @@ class PasdPipeline:
         tiling: DenoiseTiling | None = None,
         progress: ProgressFn = _no_progress,
         check_cancel: CancelFn = _no_cancel,
+        on_step: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """The sampling loop: per step, blend the tiles' guided predictions, then step the whole latent."""
+        """The sampling loop: per step, blend the tiles' guided predictions, then step the whole latent.
+
+        ``on_step`` gets the clean-latent estimate of each step (shrunk to preview size first).
+        """
         lh, lw = latents.shape[-2:]
         plan = tiling or DenoiseTiling(max(lh, lw), 0)
         tiles = plan_tiles(lh, lw, plan.tile, plan.overlap)
@@ -223,6 +246,8 @@ class PasdPipeline:
                 )
                 rows, cols = tile.slices()
                 noise[..., rows, cols] += pred * weight
+            if on_step is not None:
+                on_step(_clean_estimate(scheduler, latents, noise, t))
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
         progress("denoise", len(timesteps), len(timesteps))
         return latents
@@ -326,6 +351,22 @@ class PasdPipeline:
             torch.nn.Module.to(self.vae, torch.float32)
             tiled_decode(self.vae, latents, tiling, out=out, check_cancel=check_cancel, on_tile=on_tile)
         return out.add_(1).mul_(0.5).clamp_(0, 1)
+
+
+def _clean_estimate(
+    scheduler: UniPCMultistepScheduler, latents: torch.Tensor, output: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """x0 from the model output at ``t``, on a copy shrunk to preview size (the formula is linear)."""
+    size = (min(latents.shape[-2], 128), min(latents.shape[-1], 128))
+    x, out = area_resize(latents.float(), size), area_resize(output.float(), size)
+    alpha = scheduler.alphas_cumprod[int(t)].float()
+    a, b = alpha.sqrt(), (1 - alpha).sqrt()
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return a * x - b * out
+    if kind == "sample":
+        return out
+    return (x - b * out) / a.clamp(min=1e-3)
 
 
 def model_widths(pipeline: PasdPipeline) -> tuple[int, int]:

@@ -1,0 +1,532 @@
+"""The one client of the backend's HTTP API v1, in the standard library only.
+
+GIMP on Windows and macOS bundles a Python without pip, so the plug-in cannot import numpy or an
+HTTP library; this module is all it needs, and the dialog, the CLI and the tests use it too. It
+imports nothing from the rest of the package, so it can be copied beside the plug-in as it is.
+
+Pixels travel as ``.npy`` (:class:`RawImage` writes and reads it without numpy): self-describing,
+8/16-bit and float, any channel count, and no encoding cost for large layers.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import http.client
+import ipaddress
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+API = "/v1"
+EXIT_ALREADY_RUNNING = 3  # `python -m backend serve` when the port already has our server
+
+
+# --------------------------------------------------------------------------- errors
+class ClientError(Exception):
+    """Anything that went wrong talking to the backend; the message is for users."""
+
+
+class ServerUnreachable(ClientError):
+    """Nothing answers at the address (not started, wrong address, firewall)."""
+
+
+class ServerStartError(ClientError):
+    """Starting a local server failed; the message carries the end of its error output."""
+
+
+class ApiError(ClientError):
+    """The server answered with an error status; ``detail`` is its plain-words explanation."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{detail} (HTTP {status})")
+        self.status = status
+        self.detail = detail
+
+
+class AuthError(ApiError):
+    """401: the server needs the access token (or a different one)."""
+
+
+class NotFound(ApiError):
+    """404: unknown image, job or model id (or it expired)."""
+
+
+class QueueFull(ApiError):
+    """429: the server's queue is full; try again later."""
+
+
+class TooLarge(ApiError):
+    """413: the image, the result or the body exceeds the server's limits."""
+
+
+class JobFailed(ClientError):
+    def __init__(self, job: JobInfo) -> None:
+        super().__init__(job.error or "the job failed")
+        self.job = job
+
+
+class JobCanceled(ClientError):
+    def __init__(self, job: JobInfo) -> None:
+        super().__init__(job.error or "the job was canceled")
+        self.job = job
+
+
+_STATUS_ERRORS: dict[int, type[ApiError]] = {401: AuthError, 404: NotFound, 413: TooLarge, 429: QueueFull}
+
+
+# --------------------------------------------------------------------------- pixels
+_DTYPES = {"|u1": "uint8", "<u1": "uint8", "<u2": "uint16", "<f4": "float32"}
+_DESCR = {"uint8": "|u1", "uint16": "<u2", "float32": "<f4"}
+_SAMPLE_BYTES = {"uint8": 1, "uint16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """Interleaved pixels, rows top to bottom: what GEGL buffers and numpy arrays hold."""
+
+    width: int
+    height: int
+    channels: int  # 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+    dtype: str  # uint8, uint16 or float32
+    data: bytes | bytearray | memoryview
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _SAMPLE_BYTES:
+            raise ValueError(f"dtype must be one of {', '.join(_SAMPLE_BYTES)}, not {self.dtype!r}")
+        if not 1 <= self.channels <= 4:
+            raise ValueError(f"channels must be 1 to 4, not {self.channels}")
+        expected = self.width * self.height * self.channels * _SAMPLE_BYTES[self.dtype]
+        if len(memoryview(self.data).cast("B")) != expected:
+            raise ValueError(
+                f"{self.width}×{self.height}×{self.channels} {self.dtype} needs {expected} bytes, "
+                f"got {len(memoryview(self.data).cast('B'))}"
+            )
+
+    def npy_header(self) -> bytes:
+        """A version 1.0 ``.npy`` header; the pixel bytes follow it unchanged."""
+        text = (
+            f"{{'descr': '{_DESCR[self.dtype]}', 'fortran_order': False, "
+            f"'shape': ({self.height}, {self.width}, {self.channels}), }}"
+        )
+        pad = 64 - (10 + len(text) + 1) % 64
+        text += " " * (pad % 64) + "\n"
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+    def to_npy(self) -> bytes:
+        return self.npy_header() + bytes(self.data)
+
+    @classmethod
+    def from_npy(cls, blob: bytes | bytearray | memoryview) -> RawImage:
+        view = memoryview(blob).cast("B")
+        if bytes(view[:6]) != b"\x93NUMPY":
+            raise ClientError("The server sent something that is not a .npy image.")
+        major = view[6]
+        if major == 1:
+            (length,), start = struct.unpack("<H", view[8:10]), 10
+        else:
+            (length,), start = struct.unpack("<I", view[8:12]), 12
+        header = ast.literal_eval(bytes(view[start : start + length]).decode("latin1"))
+        dtype = _DTYPES.get(header["descr"])
+        shape = tuple(header["shape"])
+        if dtype is None or header["fortran_order"] or len(shape) not in (2, 3):
+            raise ClientError(f"Unsupported .npy layout from the server: {header}")
+        height, width = shape[:2]
+        channels = shape[2] if len(shape) == 3 else 1
+        return cls(width, height, channels, dtype, view[start + length :])
+
+
+# --------------------------------------------------------------------------- values
+@dataclass(frozen=True)
+class Health:
+    version: str
+    api: str
+    device: str
+    dtype: str
+    loaded_model: str | None
+    memory: dict[str, Any]
+    queue: dict[str, Any]
+    log_file: str | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Health:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    width: int
+    height: int
+    channels: int
+    dtype: str
+    bytes: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageInfo:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    step: int
+    total: int
+    fraction: float
+    eta_seconds: float | None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Progress:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    state: str  # queued, running, succeeded, failed, canceled
+    task: str
+    model: str | None
+    progress: Progress
+    error: str | None = None
+    result: dict[str, Any] | None = None  # width, height, channels, dtype, seed, prompt, ...
+    queue_position: int | None = None
+    cancel_requested: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed", "canceled")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobInfo:
+        return _build(cls, {**data, "progress": Progress.from_json(data["progress"])})
+
+
+@dataclass(frozen=True)
+class DownloadStatus:
+    model: str
+    state: str  # running, succeeded, failed
+    bytes_done: int
+    bytes_total: int
+    error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DownloadStatus:
+        return _build(cls, data)
+
+
+def _build(cls: Any, data: dict[str, Any]) -> Any:
+    """Take the fields the class knows; newer servers may send more."""
+    names = cls.__dataclass_fields__
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --------------------------------------------------------------------------- client
+@dataclass
+class _Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes | bytearray
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """A connection to one server; every method is one request (thread-safe: no shared socket)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0) -> None:
+        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClientError(f"{url!r} is not a server address like http://127.0.0.1:7861")
+        self.url = f"{parts.scheme}://{parts.netloc}"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.https = parts.scheme == "https"
+        self.token = token if token is not None else os.environ.get("DIFFUSION_UPSCALE_TOKEN") or None
+        self.timeout = timeout
+        self.spawned: subprocess.Popen[bytes] | None = None  # set by ensure_server when it started one
+
+    # ------------------------------------------------------------------ transport
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterable[bytes | memoryview] | None = None,
+        content_type: str | None = None,
+        length: int | None = None,
+        timeout: float | None = None,
+    ) -> _Response:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if content_type:
+            headers["Content-Type"] = content_type
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        elif body is None and method in ("POST", "PUT"):
+            headers["Content-Length"] = "0"
+        kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        conn = kind(self.host, self.port, timeout=timeout or self.timeout)
+        try:
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                payload = _read_all(response)
+            except (ConnectionError, TimeoutError, OSError, http.client.HTTPException) as exc:
+                raise ServerUnreachable(
+                    f"The backend at {self.url} does not answer ({type(exc).__name__}: {exc}). "
+                    "Start it with `python -m backend serve`, or check the address."
+                ) from exc
+        finally:
+            conn.close()
+        result = _Response(response.status, {k.lower(): v for k, v in response.getheaders()}, payload)
+        if result.status >= 400:
+            try:
+                detail = str(result.json()["detail"])
+            except (ValueError, KeyError, TypeError):
+                detail = bytes(payload[:300]).decode("utf-8", "replace") or response.reason
+            raise _STATUS_ERRORS.get(result.status, ApiError)(result.status, detail)
+        return result
+
+    def _json(self, method: str, path: str, data: Any = None) -> Any:
+        body = None if data is None else json.dumps(data, allow_nan=False).encode()
+        ctype = None if data is None else "application/json"
+        return self.request(method, path, body, ctype, None if body is None else len(body)).json()
+
+    # ------------------------------------------------------------------ server
+    def health(self) -> Health:
+        return Health.from_json(self._json("GET", f"{API}/health"))
+
+    def models(self) -> dict[str, list[dict[str, Any]]]:
+        """``{"installed": [...], "downloadable": [...]}`` as the server lists them."""
+        return self._json("GET", f"{API}/models")
+
+    def start_download(self, model_id: str) -> DownloadStatus:
+        return DownloadStatus.from_json(self._json("POST", f"{API}/models/{_q(model_id)}/download"))
+
+    def download_status(self, model_id: str) -> DownloadStatus:
+        return DownloadStatus.from_json(self._json("GET", f"{API}/models/{_q(model_id)}/download"))
+
+    # ------------------------------------------------------------------ images
+    def upload(
+        self, image: RawImage | bytes | str | os.PathLike[str], content_type: str | None = None
+    ) -> ImageInfo:
+        """Upload pixels (:class:`RawImage`), file bytes, or a file path; returns its id and size."""
+        if isinstance(image, RawImage):
+            header = image.npy_header()
+            data = memoryview(image.data).cast("B")
+            response = self.request(
+                "POST", f"{API}/images", iter((header, data)), "application/x-npy", len(header) + len(data)
+            )
+        else:
+            blob = Path(image).read_bytes() if isinstance(image, (str, os.PathLike)) else bytes(image)
+            response = self.request(
+                "POST", f"{API}/images", blob, content_type or "application/octet-stream", len(blob)
+            )
+        return ImageInfo.from_json(response.json())
+
+    def image_info(self, image_id: str) -> ImageInfo:
+        return ImageInfo.from_json(self._json("GET", f"{API}/images/{_q(image_id)}"))
+
+    def image_pixels(self, image_id: str) -> RawImage:
+        return RawImage.from_npy(self.request("GET", f"{API}/images/{_q(image_id)}/pixels").body)
+
+    def delete_image(self, image_id: str) -> None:
+        self.request("DELETE", f"{API}/images/{_q(image_id)}")
+
+    # ------------------------------------------------------------------ jobs
+    def submit(
+        self,
+        image: str,
+        params: dict[str, Any] | None = None,
+        mask: str | None = None,
+        model: str | None = None,
+        detached: bool = False,
+    ) -> JobInfo:
+        """Queue a job on uploaded ids; ``params`` are the pipeline's (task, scale, prompt, ...)."""
+        request = {"image": image, "mask": mask, "model": model, "params": params or {}, "detached": detached}
+        return JobInfo.from_json(self._json("POST", f"{API}/jobs", request))
+
+    def job(self, job_id: str) -> JobInfo:
+        """The job's state; asking counts as the heartbeat that keeps a job alive."""
+        return JobInfo.from_json(self._json("GET", f"{API}/jobs/{_q(job_id)}"))
+
+    def jobs(self) -> list[JobInfo]:
+        return [JobInfo.from_json(j) for j in self._json("GET", f"{API}/jobs")["jobs"]]
+
+    def cancel(self, job_id: str) -> JobInfo:
+        return JobInfo.from_json(self._json("POST", f"{API}/jobs/{_q(job_id)}/cancel"))
+
+    def delete_job(self, job_id: str) -> None:
+        self.request("DELETE", f"{API}/jobs/{_q(job_id)}")
+
+    def preview(self, job_id: str) -> bytes | None:
+        """A small PNG of the job's current state, or None before there is one."""
+        response = self.request("GET", f"{API}/jobs/{_q(job_id)}/preview")
+        return bytes(response.body) if response.status == 200 and response.body else None
+
+    def result(self, job_id: str, fmt: str = "npy") -> bytes | bytearray:
+        """The finished result file (npy, png or tiff) at the input's bit depth."""
+        return self.request("GET", f"{API}/jobs/{_q(job_id)}/result?format={_q(fmt)}").body
+
+    def result_image(self, job_id: str) -> RawImage:
+        return RawImage.from_npy(self.result(job_id, "npy"))
+
+    def wait(
+        self,
+        job_id: str,
+        on_progress: Callable[[JobInfo], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        interval: float = 0.5,
+    ) -> JobInfo:
+        """Poll until the job ends; JobFailed / JobCanceled unless it succeeded."""
+        canceling = False
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.finished:
+                break
+            if not canceling and should_cancel is not None and should_cancel():
+                self.cancel(job_id)
+                canceling = True
+            time.sleep(interval)
+        if job.state == "failed":
+            raise JobFailed(job)
+        if job.state == "canceled":
+            raise JobCanceled(job)
+        return job
+
+    def run(
+        self,
+        image: RawImage | bytes | str | os.PathLike[str],
+        params: dict[str, Any] | None = None,
+        mask: RawImage | bytes | str | os.PathLike[str] | None = None,
+        model: str | None = None,
+        on_progress: Callable[[JobInfo], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> tuple[JobInfo, RawImage]:
+        """Upload, submit, wait and fetch in one call; returns the finished job and its pixels."""
+        image_id = self.upload(image).id
+        mask_id = self.upload(mask).id if mask is not None else None
+        job = self.submit(image_id, params, mask_id, model)
+        job = self.wait(job.id, on_progress, should_cancel)
+        return job, self.result_image(job.id)
+
+
+def _q(part: str) -> str:
+    return urllib.parse.quote(str(part), safe="")
+
+
+def _read_all(response: http.client.HTTPResponse) -> bytes | bytearray:
+    """Read the body into one preallocated buffer when its length is known (large results)."""
+    length = response.getheader("Content-Length")
+    if length is None:
+        return response.read()
+    buffer = bytearray(int(length))
+    view = memoryview(buffer)
+    done = 0
+    while done < len(buffer):
+        n = response.readinto(view[done:])
+        if not n:
+            raise http.client.IncompleteRead(bytes(view[:done]), len(buffer) - done)
+        done += n
+    return buffer
+
+
+# --------------------------------------------------------------------------- starting a server
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ensure_server(
+    url: str,
+    python: str | os.PathLike[str] | None = None,
+    models_dir: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    timeout: float = 180.0,
+    extra_args: Iterable[str] = (),
+    on_wait: Callable[[float], None] | None = None,
+) -> Client:
+    """A client for a server that answers: the running one, or one started here and waited for.
+
+    Only a loopback address is started locally (``python -m backend serve`` with ``python``, the
+    backend environment's interpreter); a remote one must be started on its own machine. The
+    server is detached from this process, so it outlives a plug-in that GIMP kills.
+    """
+    client = Client(url, token=token)
+    try:
+        client.health()
+        return client
+    except ServerUnreachable:
+        pass
+    if not is_loopback(client.host):
+        raise ServerUnreachable(
+            f"The backend at {client.url} does not answer, and it is not on this machine, so it cannot be "
+            "started from here: start it there with `python -m backend serve --host ...`."
+        )
+    command = [
+        str(python or sys.executable),
+        "-m",
+        "backend",
+        "serve",
+        "--host",
+        client.host,
+        "--port",
+        str(client.port),
+    ]
+    if models_dir:
+        command += ["--models", str(models_dir)]
+    command += list(extra_args)
+    # GIMP's own Python's settings would break the backend environment's interpreter.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    detach: dict[str, Any] = {"start_new_session": True}
+    if os.name == "nt":
+        detach = {"creationflags": 0x00000008 | 0x00000200 | 0x08000000}  # detached, new group, no window
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, env=env, **detach
+            )
+        except OSError as exc:
+            raise ServerStartError(f"Could not start the backend with {command[0]}: {exc}") from exc
+        client.spawned = process
+        started = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - started
+            try:
+                client.health()
+                return client
+            except ServerUnreachable:
+                pass
+            code = process.poll()
+            if code is not None and code != EXIT_ALREADY_RUNNING:
+                errors.seek(0)
+                tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-8:]
+                raise ServerStartError(
+                    f"The backend stopped while starting (exit code {code}):\n" + "\n".join(tail)
+                )
+            if elapsed > timeout:
+                with contextlib.suppress(OSError):
+                    process.terminate()
+                raise ServerStartError(
+                    f"The backend did not answer within {timeout:.0f} seconds of starting."
+                )
+            if on_wait is not None:
+                on_wait(elapsed)
+            time.sleep(0.25)

@@ -1,0 +1,551 @@
+"""The FastAPI application of API v1: health, models, images, jobs.
+
+Every error is a JSON ``{"detail": "..."}`` in plain words with a 4xx status; a bug in a handler
+becomes a 500 with the same shape and is logged, and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import psutil
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..devices import free_memory
+from ..engine import Engine
+from ..models.loading import ModelLoadError
+from ..models.registry import DEFAULT_MODEL_FOR_TASK, REGISTRY
+from ..models.store import installed_models, missing_files
+from ..pipelines.params import ParamsError, RestoreParams
+from . import schemas
+from .config import API_VERSION, ServerConfig
+from .downloads import Downloads
+from .images import ImageStore, UnknownImage, UploadError
+from .jobs import JobQueue, QueueFull, UnknownJob
+
+log = logging.getLogger(__name__)
+
+JSON_LIMIT = 1 << 20  # bytes; a job request is a few hundred
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.Problem, "description": text}
+    for code, text in {
+        400: "bad request",
+        401: "missing or wrong access token",
+        404: "unknown id",
+        409: "not possible in the job's state",
+        413: "too large",
+        415: "wrong content type",
+        422: "invalid values",
+        429: "queue full",
+    }.items()
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse bodies over the limit before reading them (Content-Length) or while they stream,
+    and JSON endpoints' bodies of another content type (FastAPI would try to read them anyway)."""
+
+    def __init__(self, app: ASGIApp, upload_limit: int) -> None:
+        self.app = app
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_upload = scope["path"].rstrip("/") == f"/{API_VERSION}/images" and scope["method"] == "POST"
+        limit = self.upload_limit if is_upload else JSON_LIMIT
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if not is_upload and scope["method"] in ("POST", "PUT", "PATCH") and length not in (None, b"0"):
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype != b"application/json":
+                await _send_problem(
+                    send,
+                    415,
+                    f"Send JSON (Content-Type: application/json), not {ctype.decode() or 'nothing'}.",
+                )
+                return
+        if length is not None:
+            try:
+                too_big = int(length) > limit
+            except ValueError:
+                too_big = False
+            if too_big:
+                await _send_problem(
+                    send, 413, f"The request body is larger than the limit of {_size(limit)}."
+                )
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge(f"The request body is larger than the limit of {_size(limit)}.")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class TokenAuth:
+    """With a token configured, every request must carry ``Authorization: Bearer <token>``."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                await _send_problem(
+                    send,
+                    401,
+                    "This server needs an access token: send 'Authorization: Bearer <token>' with the "
+                    "token shown by `python -m backend token` on the server machine.",
+                    [(b"www-authenticate", b"Bearer")],
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+async def _send_problem(
+    send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = schemas.Problem(detail=detail).model_dump_json().encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    engine: Engine
+    images: ImageStore
+    jobs: JobQueue
+    downloads: Downloads
+    log_file: Path | None
+
+
+def create_app(
+    config: ServerConfig, log_file: Path | None = None, engine: Engine | None = None, announce: bool = False
+) -> FastAPI:
+    """The app with its services; ``announce`` prints "Serving on URL" once it answers requests."""
+    data = config.resolved_data_dir()
+    models = config.resolved_models_dir()
+    engine = engine or Engine(
+        models, config.device, config.dtype, offload={"auto": None, "on": True, "off": False}[config.offload]
+    )
+    images = ImageStore(
+        data / "images", int(config.max_megapixels * 1e6), config.max_upload_bytes, config.upload_ttl
+    )
+    jobs = JobQueue(
+        engine,
+        images,
+        data / "jobs",
+        config.queue_size,
+        config.abandon_after,
+        config.result_ttl,
+        config.fetched_ttl,
+    )
+    services = Services(config, engine, images, jobs, Downloads(models), log_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        jobs.start()
+        if announce:
+            print(f"Serving on {config.url} (log: {log_file})", flush=True)
+        yield
+        await run_in_threadpool(jobs.stop)
+
+    app = FastAPI(
+        title="GIMP Diffusion Upscale backend",
+        version=__version__,
+        description="Upscale and colorize images with PASD diffusion models; used by the GIMP plug-in.",
+        lifespan=lifespan,
+        responses=ERRORS,
+    )
+    app.state.services = services
+    _install_error_handlers(app)
+    _install_routes(app, services)
+    app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)
+    if config.token:
+        app.add_middleware(TokenAuth, token=config.token)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return problem(exc.status, exc.detail, exc.headers)
+
+    @app.exception_handler(_BodyTooLarge)
+    async def too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
+        return problem(413, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"There is no {request.url.path} on this server; see /docs for the API."
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}."
+        return problem(exc.status_code, detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg", "invalid"))
+        return problem(422, "Invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return problem(500, f"Internal error ({type(exc).__name__}); see the server log.")
+
+
+def _install_routes(app: FastAPI, s: Services) -> None:
+    v = f"/{API_VERSION}"
+
+    # ------------------------------------------------------------------ health
+    @app.get(f"{v}/health", response_model=schemas.Health, tags=["server"])
+    def health() -> schemas.Health:
+        vm = psutil.virtual_memory()
+        device_free = free_memory(s.engine.choice.device) if s.engine.choice.is_accelerator else None
+        queued, running = s.jobs.counts()
+        return schemas.Health(
+            version=__version__,
+            api=API_VERSION,
+            device=s.engine.choice.name,
+            dtype=str(s.engine.choice.dtype).removeprefix("torch."),
+            memory=schemas.MemoryInfo(
+                total_bytes=vm.total,
+                available_bytes=vm.available,
+                process_rss_bytes=psutil.Process().memory_info().rss,
+                device_free_bytes=device_free,
+            ),
+            loaded_model=s.engine.loaded_model,
+            queue=schemas.QueueInfo(queued=queued, running=running, limit=s.config.queue_size),
+            log_file=str(s.log_file) if s.log_file else None,
+        )
+
+    # ------------------------------------------------------------------ models
+    @app.get(f"{v}/models", response_model=schemas.ModelList, tags=["models"])
+    def list_models() -> schemas.ModelList:
+        root = s.config.resolved_models_dir()
+        installed = []
+        for model in installed_models(root):
+            m = model.manifest
+            installed.append(
+                schemas.InstalledModelInfo(
+                    id=model.root.name,
+                    tasks=list(m.tasks),
+                    variant=m.variant,
+                    licence=m.licence,
+                    description=m.description,
+                    default_for=[
+                        t for t in DEFAULT_MODEL_FOR_TASK if _default_model(s, t) == model.root.name
+                    ],
+                )
+            )
+        downloadable = [
+            schemas.DownloadableModelInfo(
+                id=spec.id,
+                title=spec.title,
+                tasks=list(spec.tasks),
+                size_bytes=spec.size_bytes,
+                licence=spec.licence,
+                installed=not missing_files(spec, root / spec.id),
+                url=spec.url,
+            )
+            for spec in REGISTRY.values()
+        ]
+        return schemas.ModelList(installed=installed, downloadable=downloadable)
+
+    @app.post(
+        f"{v}/models/{{model_id}}/download",
+        response_model=schemas.DownloadStatus,
+        status_code=202,
+        tags=["models"],
+    )
+    def start_download(model_id: str) -> schemas.DownloadStatus:
+        try:
+            download = s.downloads.start(model_id)
+        except KeyError:
+            raise ApiError(
+                404, f"{model_id!r} is not a downloadable model; known: {', '.join(REGISTRY)}."
+            ) from None
+        return _download_status(download)
+
+    @app.get(f"{v}/models/{{model_id}}/download", response_model=schemas.DownloadStatus, tags=["models"])
+    def download_status(model_id: str) -> schemas.DownloadStatus:
+        try:
+            return _download_status(s.downloads.get(model_id))
+        except KeyError:
+            raise ApiError(404, f"No download of {model_id!r} was started on this server.") from None
+
+    # ------------------------------------------------------------------ images
+    @app.post(
+        f"{v}/images",
+        response_model=schemas.ImageInfo,
+        status_code=201,
+        tags=["images"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "The image file: PNG, TIFF, JPEG, WebP or .npy (H×W×C, uint8/uint16).",
+                "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}}
+                    for t in ("image/png", "image/tiff", "application/x-npy", "application/octet-stream")
+                },
+            }
+        },
+    )
+    async def upload_image(request: Request) -> schemas.ImageInfo:
+        try:
+            tmp = await s.images.receive(request.stream(), request.headers.get("content-type", ""))
+            stored = await run_in_threadpool(s.images.ingest, tmp, request.headers.get("content-type", ""))
+        except UploadError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        return _image_info(stored)
+
+    @app.get(f"{v}/images/{{image_id}}", response_model=schemas.ImageInfo, tags=["images"])
+    def image_info(image_id: str) -> schemas.ImageInfo:
+        return _image_info(_image(s, image_id))
+
+    @app.get(
+        f"{v}/images/{{image_id}}/pixels",
+        response_class=FileResponse,
+        tags=["images"],
+        responses={200: {"content": {"application/x-npy": {}}, "description": "the pixels as .npy"}},
+    )
+    def image_pixels(image_id: str) -> FileResponse:
+        _image(s, image_id)
+        return FileResponse(s.images.path(image_id), media_type="application/x-npy")
+
+    @app.delete(f"{v}/images/{{image_id}}", status_code=204, tags=["images"])
+    def delete_image(image_id: str) -> Response:
+        _image(s, image_id)
+        if image_id in s.jobs.images_in_use():
+            raise ApiError(409, "The image is used by a queued or running job; cancel it first.")
+        s.images.delete(image_id)
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------------ jobs
+    @app.post(f"{v}/jobs", response_model=schemas.JobInfo, status_code=202, tags=["jobs"])
+    def submit_job(request: schemas.JobRequest) -> schemas.JobInfo:
+        try:
+            params = RestoreParams.from_dict(request.params.model_dump())
+        except (ParamsError, TypeError) as exc:
+            raise ApiError(422, f"Invalid parameters: {exc}") from None
+        image = _image(s, request.image, field="image")
+        if request.mask is not None:
+            mask = _image(s, request.mask, field="mask")
+            if (mask.height, mask.width) != (image.height, image.width):
+                raise ApiError(
+                    422,
+                    f"The mask is {mask.width}×{mask.height} pixels but the image is "
+                    f"{image.width}×{image.height}; the mask must have the image's size.",
+                )
+        out_pixels = round(image.height * params.scale) * round(image.width * params.scale)
+        if out_pixels > s.config.max_output_megapixels * 1e6:
+            raise ApiError(
+                413,
+                f"The result would have {out_pixels / 1e6:.1f} megapixels; this server makes at most "
+                f"{s.config.max_output_megapixels:g}. Use a smaller scale or a part of the image.",
+            )
+        _check_model(s, request.model, params.task)
+        try:
+            job = s.jobs.submit(request.image, request.mask, request.model, params, request.detached)
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), {"Retry-After": "5"}) from None
+        return _job_info(s, job)
+
+    @app.get(f"{v}/jobs", response_model=schemas.JobList, tags=["jobs"])
+    def list_jobs() -> schemas.JobList:
+        """All jobs the server knows; listing does not count as polling a job."""
+        return schemas.JobList(jobs=[_job_info(s, job) for job in s.jobs.jobs()])
+
+    @app.get(f"{v}/jobs/{{job_id}}", response_model=schemas.JobInfo, tags=["jobs"])
+    def job_status(job_id: str) -> schemas.JobInfo:
+        return _job_info(s, _job(s, job_id))
+
+    @app.post(f"{v}/jobs/{{job_id}}/cancel", response_model=schemas.JobInfo, tags=["jobs"])
+    def cancel_job(job_id: str) -> schemas.JobInfo:
+        _job(s, job_id)
+        return _job_info(s, s.jobs.cancel(job_id))
+
+    @app.delete(f"{v}/jobs/{{job_id}}", status_code=204, tags=["jobs"])
+    def delete_job(job_id: str) -> Response:
+        _job(s, job_id)
+        s.jobs.delete(job_id)
+        return Response(status_code=204)
+
+    @app.get(
+        f"{v}/jobs/{{job_id}}/preview",
+        tags=["jobs"],
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}}, "description": "a small PNG of the job's current state"},
+            204: {"description": "no preview yet"},
+        },
+    )
+    def job_preview(job_id: str) -> Response:
+        job = _job(s, job_id)
+        if job.preview_png is None:
+            return Response(status_code=204)
+        return Response(job.preview_png, media_type="image/png")
+
+    @app.get(
+        f"{v}/jobs/{{job_id}}/result",
+        tags=["jobs"],
+        response_class=FileResponse,
+        responses={
+            200: {
+                "content": {"application/x-npy": {}, "image/png": {}, "image/tiff": {}},
+                "description": "the result at the input's bit depth, with alpha if the input had it",
+            }
+        },
+    )
+    def job_result(
+        job_id: str, format: Annotated[schemas.ImageFormat, Query(description="file format")] = "npy"
+    ) -> FileResponse:
+        _job(s, job_id)
+        try:
+            path = s.jobs.result_path(job_id, format)
+        except ValueError as exc:
+            raise ApiError(409 if "has no result" in str(exc) else 422, str(exc)) from None
+        media = {"npy": "application/x-npy", "png": "image/png", "tiff": "image/tiff"}[format]
+        s.jobs.mark_fetched(job_id)
+        return FileResponse(path, media_type=media, filename=f"{job_id}.{format}")
+
+
+def _default_model(s: Services, task: str) -> str | None:
+    try:
+        return s.engine.find_model(None, task).root.name
+    except Exception:
+        return None
+
+
+def _check_model(s: Services, model: str | None, task: str) -> None:
+    """Only installed model ids are accepted (never server paths), and the model must do the task."""
+    if model is not None:
+        names = sorted(m.root.name for m in installed_models(s.config.resolved_models_dir()))
+        if model not in names:
+            hint = (
+                f" Download it with POST /{API_VERSION}/models/{model}/download." if model in REGISTRY else ""
+            )
+            raise ApiError(404, f"Unknown model {model!r}; installed: {', '.join(names) or 'none'}.{hint}")
+    try:
+        s.engine.find_model(model, task)
+    except ModelLoadError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def _image(s: Services, image_id: str, field: str = "image") -> Any:
+    try:
+        return s.images.get(image_id)
+    except UnknownImage as exc:
+        raise ApiError(404, f"{field}: {exc.args[0]}" if field != "image" else exc.args[0]) from None
+
+
+def _job(s: Services, job_id: str) -> Any:
+    try:
+        return s.jobs.get(job_id)
+    except UnknownJob as exc:
+        raise ApiError(404, exc.args[0]) from None
+
+
+def _image_info(stored: Any) -> schemas.ImageInfo:
+    return schemas.ImageInfo(
+        id=stored.id,
+        width=stored.width,
+        height=stored.height,
+        channels=stored.channels,
+        dtype=stored.dtype,
+        bytes=stored.bytes,
+    )
+
+
+def _download_status(download: Any) -> schemas.DownloadStatus:
+    return schemas.DownloadStatus(
+        model=download.model,
+        state=download.state,
+        bytes_done=download.bytes_done(),
+        bytes_total=download.bytes_total,
+        error=download.error,
+    )
+
+
+def _job_info(s: Services, job: Any) -> schemas.JobInfo:
+    return schemas.JobInfo(
+        id=job.id,
+        state=job.state,
+        task=job.task,
+        model=job.model,
+        image=job.image,
+        mask=job.mask,
+        params=job.params,
+        detached=job.detached,
+        queue_position=s.jobs.position(job),
+        progress=schemas.Progress(
+            stage=job.stage,
+            step=job.step,
+            total=job.total,
+            fraction=round(job.fraction, 4),
+            eta_seconds=job.eta_seconds,
+        ),
+        cancel_requested=job.cancel_requested,
+        error=job.error,
+        result=schemas.ResultInfo(**job.result) if job.result else None,
+        created=job.created,
+        started=job.started,
+        finished=job.finished,
+    )

@@ -1,0 +1,161 @@
+"""The wire format of API v1 as pydantic models; FastAPI derives ``/openapi.json`` from them.
+
+The job parameters are not written out twice: :data:`ParamsModel` is derived field by field from
+the engine's :class:`~backend.pipelines.params.RestoreParams`, and :meth:`RestoreParams.validate`
+still checks the ranges, so the service and the CLI accept exactly the same values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ..pipelines.params import RestoreParams
+
+JobStateName = Literal["queued", "running", "succeeded", "failed", "canceled"]
+ImageFormat = Literal["npy", "png", "tiff"]
+
+
+def _params_model() -> type[BaseModel]:
+    hints = typing.get_type_hints(RestoreParams)
+    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(RestoreParams)}
+    return create_model(
+        "RestoreParameters",
+        __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+        __doc__="Every knob of a run; ranges are those of the command line (see the README).",
+        **fields,
+    )
+
+
+ParamsModel = _params_model()
+
+
+class Problem(BaseModel):
+    """Every 4xx and 5xx answer: ``detail`` says in plain words what was wrong."""
+
+    detail: str
+
+
+class MemoryInfo(BaseModel):
+    total_bytes: int
+    available_bytes: int
+    process_rss_bytes: int
+    device_free_bytes: int | None = None
+
+
+class QueueInfo(BaseModel):
+    queued: int
+    running: int
+    limit: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    api: str
+    device: str
+    dtype: str
+    memory: MemoryInfo
+    loaded_model: str | None
+    queue: QueueInfo
+    log_file: str | None
+
+
+class InstalledModelInfo(BaseModel):
+    id: str
+    tasks: list[str]
+    variant: str
+    licence: str
+    description: str
+    default_for: list[str]
+
+
+class DownloadableModelInfo(BaseModel):
+    id: str
+    title: str
+    tasks: list[str]
+    size_bytes: int
+    licence: str
+    installed: bool
+    url: str
+
+
+class ModelList(BaseModel):
+    installed: list[InstalledModelInfo]
+    downloadable: list[DownloadableModelInfo]
+
+
+class DownloadStatus(BaseModel):
+    model: str
+    state: Literal["running", "succeeded", "failed"]
+    bytes_done: int
+    bytes_total: int
+    error: str | None = None
+
+
+class ImageInfo(BaseModel):
+    id: str
+    width: int
+    height: int
+    channels: int
+    dtype: Literal["uint8", "uint16", "float32"]
+    bytes: int
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="id of an uploaded image (POST /v1/images)")
+    mask: str | None = Field(None, description="id of an uploaded mask of the image's size (the foreground)")
+    model: str | None = Field(None, description="installed model id; default: the task's default model")
+    params: ParamsModel = Field(default_factory=ParamsModel)  # type: ignore[valid-type]
+    detached: bool = Field(
+        False, description="keep running when nobody polls (otherwise canceled after a few silent seconds)"
+    )
+
+
+class Progress(BaseModel):
+    stage: str
+    step: int
+    total: int
+    fraction: float = Field(description="0 to 1 over the whole job; never goes back")
+    eta_seconds: float | None
+
+
+class ResultInfo(BaseModel):
+    width: int
+    height: int
+    channels: int
+    dtype: str
+    seed: int
+    prompt: str
+    negative_prompt: str
+    model: str
+    seconds: float
+    notes: list[str]
+
+
+class JobInfo(BaseModel):
+    id: str
+    state: JobStateName
+    task: str
+    model: str | None
+    image: str
+    mask: str | None
+    params: dict[str, Any]
+    detached: bool
+    queue_position: int | None
+    progress: Progress
+    cancel_requested: bool
+    error: str | None
+    result: ResultInfo | None
+    created: float
+    started: float | None
+    finished: float | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]

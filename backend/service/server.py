@@ -1,0 +1,214 @@
+"""``python -m backend serve``: bind, check the token rule, set up logging, run uvicorn.
+
+The listening socket is bound here, before the models and uvicorn start, so two starts on one port
+cannot race: the second finds the port taken, asks it for its health, and says the server is
+already running (exit code 3) or that another program holds the port (exit code 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import logging.handlers
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+from .. import paths
+from ..client import EXIT_ALREADY_RUNNING, is_loopback
+from .config import DEFAULT_PORT, ServerConfig
+
+log = logging.getLogger("backend")
+
+TOKEN_FILE = "token"
+
+
+def token_path() -> Path:
+    return paths.config_dir() / TOKEN_FILE
+
+
+def read_token(path: Path | None = None) -> str | None:
+    path = path or token_path()
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def create_token(path: Path | None = None, replace: bool = False) -> str:
+    """The access token for non-loopback serving, made once (readable by the user only)."""
+    path = path or token_path()
+    if not replace and (existing := read_token(path)):
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def setup_logging(port: int, verbose: bool) -> Path:
+    """A rotating log file per port in the per-user log folder; the console gets warnings (or all)."""
+    folder = paths.log_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    log_file = folder / f"server-{port}.log"
+    file_handler = logging.handlers.RotatingFileHandler(
+        log_file, maxBytes=5 << 20, backupCount=3, encoding="utf-8"
+    )
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO if not verbose else logging.DEBUG)
+    for handler in (file_handler, console):
+        root.addHandler(handler)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    return log_file
+
+
+def bind(host: str, port: int) -> socket.socket:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if os.name == "nt":  # otherwise Windows lets a second process bind the same port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+    else:  # rebind right after a restart, while old connections linger in TIME_WAIT
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ..client import Client, ClientError
+
+    host: str = args.host
+    token = None
+    if not is_loopback(host):
+        token = read_token(args.token_file)
+        if token is None:
+            where = args.token_file or token_path()
+            print(
+                f"error: binding {host} makes the server reachable from other machines, so it needs an "
+                f"access token, and there is none in {where}. Create one with `python -m backend token` "
+                "(then give it to the clients) and start again.",
+                file=sys.stderr,
+            )
+            return 1
+    try:
+        sock = bind(host, args.port)
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1), errno.EACCES):
+            print(f"error: cannot listen on {host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        url = ServerConfig(host=probe_host, port=args.port).url
+        try:
+            health = Client(url, token=token, timeout=5).health()
+        except ClientError:
+            print(
+                f"error: port {args.port} on {host} is used by another program; choose another --port.",
+                file=sys.stderr,
+            )
+            return 1
+        print(
+            f"A GIMP Diffusion Upscale server is already running at {url} (version {health.version}, "
+            f"{health.device})."
+        )
+        return EXIT_ALREADY_RUNNING
+    port = sock.getsockname()[1]
+    config = ServerConfig(
+        host=host,
+        port=port,
+        models_dir=args.models,
+        data_dir=args.data,
+        token=token,
+        device=args.device,
+        dtype=args.dtype,
+        offload=args.offload,
+        queue_size=args.queue_size,
+        max_megapixels=args.max_megapixels,
+        max_output_megapixels=args.max_output_megapixels,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        abandon_after=args.abandon_after,
+    )
+    log_file = setup_logging(port, args.verbose)
+    log.info(
+        "starting on %s (models %s, data %s)",
+        config.url,
+        config.resolved_models_dir(),
+        config.resolved_data_dir(),
+    )
+    return _run_uvicorn(config, sock, log_file, args.verbose)
+
+
+def _run_uvicorn(config: ServerConfig, sock: socket.socket, log_file: Path, verbose: bool) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(config, log_file=log_file, announce=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=verbose,
+            timeout_keep_alive=30,
+            limit_concurrency=200,
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+def run_token(args: argparse.Namespace) -> int:
+    token = create_token(args.token_file, replace=args.new)
+    print(token)
+    print(
+        f"(stored in {args.token_file or token_path()}; clients send it as 'Authorization: Bearer <token>')",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def add_service_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the HTTP service the plug-in and the dialog talk to")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (others than loopback need a token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0 picks a free one)")
+    p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
+    p.add_argument("--data", type=Path, help="uploads and results (default: per-user data folder)")
+    p.add_argument("--token-file", type=Path, help="access token file (default: per-user config)")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
+    p.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
+    p.add_argument("--offload", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait (more get 429)")
+    p.add_argument("--max-megapixels", type=float, default=100.0, help="largest image accepted")
+    p.add_argument("--max-output-megapixels", type=float, default=400.0, help="largest result made")
+    p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest request body accepted")
+    p.add_argument(
+        "--abandon-after", type=float, default=10.0, help="seconds without a poll before a job is canceled"
+    )
+    p.add_argument("--verbose", action="store_true", help="log everything to the console too")
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser("token", help="print the access token for serving beyond this machine (made once)")
+    p.add_argument("--new", action="store_true", help="replace the token with a new one")
+    p.add_argument("--token-file", type=Path, help="token file (default: per-user config)")
+    p.set_defaults(func=run_token)

@@ -1,0 +1,121 @@
+"""A real ``python -m backend serve`` in a child process, for the service tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from backend.client import Client, ClientError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerProcess:
+    """Starts on a free port (``--port 0``), reads the port from the "Serving on" line, stops cleanly."""
+
+    def __init__(
+        self,
+        models: Path,
+        home: Path,
+        *args: str,
+        data: Path | None = None,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.home = home
+        self.data = data or home / "data"
+        self.env = {
+            **os.environ,
+            "GDU_LOG_DIR": str(home / "logs"),
+            "GDU_CONFIG_DIR": str(home / "config"),
+            "GDU_DATA_DIR": str(home / "user-data"),
+            # Tiny models gain nothing from threads; on a 2-core runner spin-waits would cost seconds.
+            "OMP_NUM_THREADS": "1",
+            **(env or {}),
+        }
+        self.command = [
+            sys.executable, "-m", "backend", "serve", "--host", host, "--port", str(port),
+            "--models", str(models), "--data", str(self.data), *args,
+        ]  # fmt: skip
+        self.lines: list[str] = []
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 120.0) -> ServerProcess:
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.process is not None and self.process.stdout is not None
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if line.startswith("Serving on "):
+                    self.url = line.split()[2]
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(timeout) or not self.url:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + self.output)
+        return self
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def client(self, token: str | None = None) -> Client:
+        return Client(self.url, token=token or "", timeout=60)
+
+    def healthy(self, token: str | None = None) -> bool:
+        try:
+            self.client(token).health()
+        except ClientError:
+            return False
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
