@@ -8,10 +8,16 @@ is only replaced with ``--force``, so a failed run never destroys anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from .pipelines.params import RestoreParams
 
 STAGE_NAMES = {
     "load": "loading model",
@@ -61,6 +67,13 @@ def add_restore_parsers(sub: argparse._SubParsersAction) -> None:
             help="keep models in system memory and move each to the GPU only for its stage "
             "(auto: when GPU memory is short)",
         )
+        p.add_argument(
+            "--server",
+            metavar="URL",
+            help="run on a backend server (e.g. http://127.0.0.1:7861) instead of in this process; "
+            "--device, --dtype and --offload are then the server's",
+        )
+        p.add_argument("--token", help="the server's access token (default: $DIFFUSION_UPSCALE_TOKEN)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=run_restore, task=task)
 
@@ -68,7 +81,7 @@ def add_restore_parsers(sub: argparse._SubParsersAction) -> None:
 def run_restore(args: argparse.Namespace) -> int:
     from .devices import DeviceError
     from .engine import Canceled, Engine, EngineError
-    from .image_io import ImageInputError, read_image, read_mask, write_image
+    from .image_io import ImageInputError, read_image, read_mask
     from .pipelines.params import ParamsError, RestoreParams
 
     output: Path = args.output
@@ -100,21 +113,18 @@ def run_restore(args: argparse.Namespace) -> int:
         ).validate()
         image = read_image(args.input)
         mask = read_mask(args.mask, image.shape[:2]) if args.mask else None
+        if args.server:
+            return _run_on_server(args, params, image, mask)
         offload = {"auto": None, "on": True, "off": False}[args.offload]
         engine = Engine(args.models, device=args.device, dtype=args.dtype, offload=offload)
     except (ParamsError, ImageInputError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    bar = None if args.quiet else tqdm(total=1, unit="step", dynamic_ncols=True, leave=False)
+    bar = _progress_bar(args)
 
     def progress(stage: str, step: int, total: int) -> None:
-        if bar is None:
-            return
-        bar.set_description(STAGE_NAMES.get(stage, stage))
-        bar.total = max(total, 1)
-        bar.n = step
-        bar.refresh()
+        _show(bar, stage, step, total)
 
     try:
         result = engine.restore(image, params, mask=mask, model=args.model, progress=progress)
@@ -130,10 +140,7 @@ def run_restore(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    try:
-        write_image(output, result.image)
-    except (ImageInputError, OSError) as exc:
-        print(f"error: could not write {output}: {exc}", file=sys.stderr)
+    if not _write(output, result.image):
         return 1
     h, w = result.plan.output_size
     print(
@@ -142,5 +149,78 @@ def run_restore(args: argparse.Namespace) -> int:
     )
     print(f"prompt: {result.prompt}")
     for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _progress_bar(args: argparse.Namespace) -> tqdm | None:
+    return None if args.quiet else tqdm(total=1, unit="step", dynamic_ncols=True, leave=False)
+
+
+def _show(bar: tqdm | None, stage: str, step: int, total: int) -> None:
+    if bar is None:
+        return
+    bar.set_description(STAGE_NAMES.get(stage, stage))
+    bar.total = max(total, 1)
+    bar.n = step
+    bar.refresh()
+
+
+def _write(output: Path, image: np.ndarray) -> bool:
+    from .image_io import ImageInputError, write_image
+
+    try:
+        write_image(output, image)
+    except (ImageInputError, OSError) as exc:
+        print(f"error: could not write {output}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _run_on_server(
+    args: argparse.Namespace, params: RestoreParams, image: np.ndarray, mask: np.ndarray | None
+) -> int:
+    """The same run through the HTTP service (e.g. a studio's GPU machine), with the same bar and codes."""
+    from .client import Client, ClientError, JobCanceled, RawImage
+
+    def raw(array: np.ndarray) -> RawImage:
+        array = np.ascontiguousarray(array if array.ndim == 3 else array[..., None])
+        h, w, c = array.shape
+        return RawImage(w, h, c, str(array.dtype), array.data)
+
+    client = Client(args.server, token=args.token)
+    bar = _progress_bar(args)
+    job_id = None
+    try:
+        image_id = client.upload(raw(image)).id
+        mask_id = client.upload(raw(mask)).id if mask is not None else None
+        job_id = client.submit(image_id, params.to_dict(), mask=mask_id, model=args.model).id
+        job = client.wait(job_id, lambda j: _show(bar, j.progress.stage, j.progress.step, j.progress.total))
+        result = client.result_image(job_id)
+    except KeyboardInterrupt:
+        if job_id is not None:
+            with contextlib.suppress(ClientError):
+                client.cancel(job_id)
+        print("\ninterrupted; the job was canceled and nothing written", file=sys.stderr)
+        return 130
+    except JobCanceled as exc:
+        print(f"canceled ({exc}); nothing written", file=sys.stderr)
+        return 130
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    shape = (result.height, result.width, result.channels)
+    if not _write(args.output, np.frombuffer(result.data, dtype=result.dtype).reshape(shape)):
+        return 1
+    info = job.result or {}
+    print(
+        f"{args.output}: {result.width}×{result.height}, model {info.get('model')}, seed {info.get('seed')}, "
+        f"{info.get('seconds', 0):.1f} s on {args.server}"
+    )
+    print(f"prompt: {info.get('prompt', '')}")
+    for note in info.get("notes", []):
         print(f"note: {note}")
     return 0

@@ -263,3 +263,40 @@ def test_automatic_words_join_the_prompt_when_blip_is_installed(
     # same words for any picture, so the engine's caption equals the one of another image).
     assert len(parts) == 5 and parts[1] == words
     assert not result.notes
+
+
+def test_previews_follow_the_run_and_do_not_change_it(engine: Engine) -> None:
+    img = rgb(40, 56)
+    shown: list[np.ndarray] = []
+    with_preview = engine.restore(
+        img, FAST.with_(scale=2.0, steps=3), model="tiny-full", preview=shown.append
+    )
+    plain = engine.restore(img, FAST.with_(scale=2.0, steps=3), model="tiny-full")
+    assert np.array_equal(with_preview.image, plain.image)
+    # the pre-scaled input, one estimate per step, the result
+    assert len(shown) == 1 + 3 + 1
+    for picture in shown:
+        assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+        assert max(picture.shape[:2]) <= 256
+    assert abs(shown[-1].shape[0] / shown[-1].shape[1] - 80 / 112) < 0.05
+
+
+def test_latent_preview_fit_recovers_a_linear_decoder() -> None:
+    from backend.pipelines.preview import LatentPreview
+
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, 24, 32, generator=generator)
+    mix = torch.tensor([[0.2, -0.1, 0.05, 0.1], [0.0, 0.15, -0.1, 0.05], [0.1, 0.1, 0.1, -0.2]])
+    colours = (torch.einsum("cd,bdhw->bchw", mix, latents) + 0.5).clamp(0, 1)
+    image = torch.nn.functional.interpolate(colours, scale_factor=8, mode="nearest")
+    preview = LatentPreview(latents, image)
+    picture = preview(latents).astype(np.float32) / 255
+    want = colours[0].permute(1, 2, 0).numpy()
+    small = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(want).permute(2, 0, 1)[None], size=picture.shape[:2], mode="bilinear"
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
+    assert np.abs(picture - small).mean() < 0.02

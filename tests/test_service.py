@@ -520,3 +520,54 @@ def test_raw_image_npy_matches_numpy() -> None:
 def test_unknown_job_through_the_client_is_not_found(server: ServerProcess) -> None:
     with pytest.raises(NotFound, match="No job with id"):
         server.client().job("f" * 24)
+
+
+# --------------------------------------------------------------------------- the CLI through the service
+def test_cli_runs_on_a_server_with_a_mask(server: ServerProcess, tmp_path: Path) -> None:
+    from .conftest import run_backend
+
+    source, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    imagecodecs.imwrite(source, gradient(24, 40))
+    mask_pixels = np.zeros((24, 40), np.uint8)
+    mask_pixels[:, :20] = 255
+    imagecodecs.imwrite(mask, mask_pixels)
+    out = tmp_path / "out.png"
+    args = ("upscale", str(source), "-o", str(out), "--mask", str(mask), "--fidelity-fg", "1.2")
+    fast = ("--fidelity-bg", "0.6", "--steps", "2", "--process-size", "256", "--seed", "3", "--quiet")
+    result = run_backend(*args, *fast, "--server", server.url)
+    assert result.returncode == 0, result.stderr
+    assert imagecodecs.imread(out).shape == (48, 80, 3)
+    assert "seed 3" in result.stdout and server.url in result.stdout
+
+    down = run_backend(*args, "--force", *fast, "--server", "http://127.0.0.1:9")
+    assert down.returncode == 1
+    assert "does not answer" in down.stderr
+
+
+def test_model_download_through_the_service(tmp_path: Path) -> None:
+    """POST /v1/models/pasd/download fetches from the (fake) hub with progress; then jobs can use it."""
+    from .fake_hub import FakeHub
+    from .test_download import make_repos
+
+    models = tmp_path / "models"
+    models.mkdir()
+    with FakeHub(make_repos(tmp_path)) as hub:
+        env = {
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf-home"),
+        }
+        with ServerProcess(models, tmp_path, env=env) as running:
+            client = running.client()
+            started = client.start_download("pasd")
+            assert started.model == "pasd" and started.bytes_total > 0
+            done = wait_for(
+                lambda: (s := client.download_status("pasd")).state != "running" and s, timeout=120
+            )
+            assert done.state == "succeeded", done.error
+            assert done.bytes_done == done.bytes_total
+            installed = {m["id"] for m in client.models()["installed"]}
+            assert "pasd" in installed
+            job = client.wait(client.submit(client.upload(raw(gradient(16, 16))).id, FAST, model="pasd").id)
+            assert job.result is not None and job.result["model"] == "pasd"
