@@ -22,6 +22,7 @@ from backend.client import (
     AuthError,
     Client,
     JobCanceled,
+    JobFailed,
     NotFound,
     QueueFull,
     RawImage,
@@ -571,3 +572,31 @@ def test_model_download_through_the_service(tmp_path: Path) -> None:
             assert "pasd" in installed
             job = client.wait(client.submit(client.upload(raw(gradient(16, 16))).id, FAST, model="pasd").id)
             assert job.result is not None and job.result["model"] == "pasd"
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "prlimit"), reason="needs Linux prlimit")
+def test_out_of_memory_fails_the_job_and_the_next_one_runs(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A real allocation failure: the running server's address space is capped from outside."""
+    import resource
+
+    with ServerProcess(tiny_models["full"].parent, tmp_path) as running:
+        client = running.client()
+        small = client.upload(raw(gradient(64, 64))).id
+        big = client.upload(raw(gradient(1500, 1500))).id
+        params = {**FAST, "scale": 1, "steps": 1, "tile": 256, "vae_tile": 256}
+        assert client.wait(client.submit(small, params).id).state == "succeeded"  # model loaded
+        assert running.process is not None
+        pid = running.process.pid
+        vm_size = int(Path(f"/proc/{pid}/status").read_text().split("VmSize:")[1].split()[0]) * 1024
+        resource.prlimit(pid, resource.RLIMIT_AS, (vm_size + 300 * 2**20, resource.RLIM_INFINITY))
+        try:
+            job = client.submit(big, {**params, "tile": 2048, "vae_tile": 2048})
+            with pytest.raises(JobFailed) as failed:
+                client.wait(job.id)
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        assert "Ran out of memory" in str(failed.value) and "smaller tiles" in str(failed.value)
+        assert running.healthy()
+        assert client.wait(client.submit(small, params).id).state == "succeeded"
