@@ -600,3 +600,27 @@ def test_out_of_memory_fails_the_job_and_the_next_one_runs(
         assert "Ran out of memory" in str(failed.value) and "smaller tiles" in str(failed.value)
         assert running.healthy()
         assert client.wait(client.submit(small, params).id).state == "succeeded"
+
+
+def test_delete_and_expiry(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    with ServerProcess(tiny_models["full"].parent, tmp_path, "--keep-results", "3") as running:
+        client = running.client()
+        image = client.upload(raw(gradient(16, 16))).id
+        job = client.wait(client.submit(image, FAST).id)
+        assert (running.data / "jobs" / job.id / "result.npy").is_file()
+        # Gone a few seconds after it finished: record, result file and folder.
+        wait_for(lambda: not (running.data / "jobs" / job.id).exists(), timeout=30, interval=0.5)
+        with pytest.raises(NotFound, match="expired"):
+            client.result(job.id)
+
+        other = client.submit(image, SLOW)
+        status, detail = client_request(client, "DELETE", f"/v1/images/{image}")
+        assert status == 409 and "used by a queued or running job" in detail
+        client.delete_job(other.id)  # cancels it and forgets it
+        with pytest.raises(NotFound):
+            client.job(other.id)
+        wait_for(lambda: client.health().queue["running"] == 0, timeout=60)
+        client.delete_image(image)
+        with pytest.raises(NotFound):
+            client.image_info(image)
+        assert running.healthy()

@@ -263,9 +263,9 @@ class JobQueue:
         """Cancel if needed and forget the job and its result."""
         job = self.cancel(job_id)
         with self._cond:
-            if job.state == "running":
-                return  # the worker removes it once the engine has stopped
             self._jobs.pop(job.id, None)
+            if job.state == "running":
+                return  # the worker removes its folder once the engine has stopped
         shutil.rmtree(self._folder(job.id), ignore_errors=True)
 
     def result_path(self, job_id: str, fmt: str) -> Path:
@@ -418,7 +418,7 @@ class JobQueue:
                             self.cancel(
                                 job.id, f"abandoned: no client asked about it for {silent:.0f} seconds"
                             )
-            if now - last_expiry > 30:
+            if now - last_expiry > min(30.0, self.result_ttl / 4, self.images.ttl / 4):
                 last_expiry = now
                 self.expire(time.time())
 

@@ -145,6 +145,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_output_megapixels=args.max_output_megapixels,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         abandon_after=args.abandon_after,
+        result_ttl=args.keep_results,
+        fetched_ttl=min(15 * 60.0, args.keep_results),
     )
     log_file = setup_logging(port, args.verbose)
     log.info(
@@ -204,6 +206,12 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest request body accepted")
     p.add_argument(
         "--abandon-after", type=float, default=10.0, help="seconds without a poll before a job is canceled"
+    )
+    p.add_argument(
+        "--keep-results",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds a finished job's result is kept (a quarter hour once fetched, if sooner)",
     )
     p.add_argument("--verbose", action="store_true", help="log everything to the console too")
     p.set_defaults(func=run_serve)
