@@ -1,0 +1,350 @@
+"""The plug-in's logic that does not need GIMP: arguments, regions, formats, names, settings.
+
+Standard library only (GIMP on Windows and macOS bundles a Python without pip), and importable
+without ``gi``, so the normal test suite checks it. ``diffusion_upscale.py`` is the thin GIMP side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # the installer copies backend/client.py beside the plug-in under this name
+    import gdu_client as client
+except ImportError:  # running from a checkout: gimp_plugin/diffusion_upscale/ → the repository
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from backend import client  # type: ignore[no-redef]
+
+PROC_UPSCALE = "plug-in-diffusion-upscale"
+PROC_COLORIZE = "plug-in-diffusion-colorize"
+TASK_OF = {PROC_UPSCALE: "upscale", PROC_COLORIZE: "colorize"}
+CONFIG_NAME = "diffusion_upscale.json"
+PARASITE_NAME = "diffusion-upscale-run"
+DEFAULT_URL = "http://127.0.0.1:7861"
+URL_VARIABLE = "DIFFUSION_UPSCALE_URL"
+TOKEN_VARIABLE = "DIFFUSION_UPSCALE_TOKEN"
+
+
+class PluginError(Exception):
+    """A problem to show the user in plain words (then the procedure returns an execution error)."""
+
+
+# --------------------------------------------------------------------------- arguments
+@dataclass(frozen=True)
+class Argument:
+    """One procedure argument; the GIMP side registers these, so names and ranges live here only."""
+
+    name: str
+    kind: str  # int | double | string | boolean | choice
+    nick: str
+    blurb: str
+    default: Any
+    low: float = 0
+    high: float = 0
+    choices: tuple[tuple[str, str], ...] = ()  # (id, label)
+    tasks: tuple[str, ...] = ("upscale", "colorize")
+
+
+ARGUMENTS: tuple[Argument, ...] = (
+    Argument("scale", "int", "_Scale", "Upscaling factor (1 restores without resizing)", 2, 1, 4,
+             tasks=("upscale",)),
+    Argument("prompt", "string", "_Prompt", "What the picture shows, in a few words", ""),
+    Argument("fidelity-fg", "double", "Selection _fidelity",
+             "How closely the selection follows the original (0 free … 2 faithful)", 1.0, 0.0, 2.0),
+    Argument("fidelity-bg", "double", "_Background fidelity",
+             "How closely the rest follows the original (0 free … 2 faithful)", 1.0, 0.0, 2.0),
+    Argument("steps", "int", "S_teps", "Diffusion steps (more: slower, finer)", 20, 1, 200),
+    Argument("seed", "int", "S_eed", "Random seed; -1 picks one (stored on the layer)", -1, -1, 2**31 - 1),
+    Argument("output", "choice", "_Output", "Where the result goes", "layer",
+             choices=(("layer", "New layer (canvas scaled)"), ("image", "New image"))),
+    Argument("color-mode", "choice", "Colour _mode", "Layer mode of the colorized layer", "lch-color",
+             choices=(("lch-color", "LCh colour (original luminance shows through)"), ("normal", "Normal")),
+             tasks=("colorize",)),
+    Argument("guidance", "double", "_Guidance", "How strongly the prompt steers (classifier-free guidance)",
+             7.5, 0.0, 30.0),
+    Argument("model", "string", "_Model", "Installed model id; empty: the task's default", ""),
+    Argument("auto-prompt", "boolean", "_Describe automatically",
+             "Add words from the captioning model to the prompt", False),
+    Argument("negative-prompt", "string", "_Negative prompt", "What to avoid; empty: the task's default", ""),
+    Argument("context-margin", "int", "Context _margin",
+             "Pixels of context around the selection; -1: automatic", -1, -1, 4096),
+    Argument("process-size", "int", "Process si_ze",
+             "Short side the model works at (larger: more detail, slower)", 768, 256, 2048),
+    Argument("tile", "int", "_Tile size", "Diffusion tile in pixels; 0: from free memory", 0, 0, 8192),
+    Argument("noise-level", "int", "_Noise level", "PASD's added noise level", 900, 0, 999),
+    Argument("color-fix", "boolean", "_Colour fix", "Keep the original's colours (wavelet colour fix)", True,
+             tasks=("upscale",)),
+)  # fmt: skip
+
+
+def arguments_for(task: str) -> list[Argument]:
+    return [a for a in ARGUMENTS if task in a.tasks]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The procedure's arguments, checked, as one value."""
+
+    task: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_values(cls, task: str, values: dict[str, Any]) -> RunSettings:
+        checked: dict[str, Any] = {}
+        for arg in arguments_for(task):
+            value = values.get(arg.name, arg.default)
+            if arg.kind in ("int", "double"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                    raise PluginError(f"{arg.name} must be a number, not {value!r}")
+                if not arg.low <= value <= arg.high:
+                    raise PluginError(
+                        f"{arg.name} must be between {arg.low:g} and {arg.high:g}, not {value:g}"
+                    )
+                value = int(value) if arg.kind == "int" else float(value)
+            elif arg.kind == "choice" and value not in {c for c, _ in arg.choices}:
+                raise PluginError(
+                    f"{arg.name} must be one of {', '.join(c for c, _ in arg.choices)}, not {value!r}"
+                )
+            elif arg.kind == "string":
+                value = str(value or "")
+            elif arg.kind == "boolean":
+                value = bool(value)
+            checked[arg.name] = value
+        return cls(task, checked)
+
+    def get(self, name: str) -> Any:
+        return self.values.get(name, next(a.default for a in ARGUMENTS if a.name == name))
+
+    @property
+    def scale(self) -> int:
+        return int(self.get("scale")) if self.task == "upscale" else 1
+
+    def backend_params(self) -> dict[str, Any]:
+        """The pipeline parameters the backend takes (``RestoreParams``'s names)."""
+        params: dict[str, Any] = {
+            "task": self.task,
+            "scale": float(self.scale),
+            "prompt": self.get("prompt"),
+            "auto_prompt": self.get("auto-prompt"),
+            "steps": self.get("steps"),
+            "guidance": self.get("guidance"),
+            "seed": None if self.get("seed") < 0 else self.get("seed"),
+            "fidelity_fg": self.get("fidelity-fg"),
+            "fidelity_bg": self.get("fidelity-bg"),
+            "added_noise_level": self.get("noise-level"),
+            "process_size": max(256, self.get("process-size") // 8 * 8),
+        }
+        if self.get("negative-prompt"):
+            params["negative_prompt"] = self.get("negative-prompt")
+        if self.get("tile"):
+            params["tile"] = max(64, self.get("tile") // 8 * 8)
+        if self.task == "upscale":
+            params["color_fix"] = self.get("color-fix")
+        return params
+
+    @property
+    def model(self) -> str | None:
+        return self.get("model") or None
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Rect:
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @property
+    def right(self) -> int:
+        return self.x + self.width
+
+    @property
+    def bottom(self) -> int:
+        return self.y + self.height
+
+    @property
+    def empty(self) -> bool:
+        return self.width <= 0 or self.height <= 0
+
+    def intersect(self, other: Rect) -> Rect:
+        x, y = max(self.x, other.x), max(self.y, other.y)
+        return Rect(
+            x, y, max(0, min(self.right, other.right) - x), max(0, min(self.bottom, other.bottom) - y)
+        )
+
+    def grow(self, margin: int) -> Rect:
+        return Rect(self.x - margin, self.y - margin, self.width + 2 * margin, self.height + 2 * margin)
+
+    def scaled(self, factor: int) -> Rect:
+        return Rect(self.x * factor, self.y * factor, self.width * factor, self.height * factor)
+
+    def relative_to(self, origin: Rect) -> Rect:
+        return Rect(self.x - origin.x, self.y - origin.y, self.width, self.height)
+
+
+def auto_margin(selection: Rect) -> int:
+    """Context around a selection: an eighth of its long side, at least 32 px, so the model sees
+    what surrounds a face or a patch without the crop growing much."""
+    return max(32, round(max(selection.width, selection.height) / 8))
+
+
+def plan_region(layer: Rect, selection: Rect | None, margin: int = -1) -> Rect:
+    """The part of the layer to process, in image coordinates: the whole layer, or the selection's
+    bounds grown by the context margin and clamped to the layer."""
+    if layer.empty:
+        raise PluginError("The layer is empty (0 pixels).")
+    if selection is None:
+        return layer
+    inside = selection.intersect(layer)
+    if inside.empty:
+        raise PluginError(
+            "The selection does not overlap the active layer. Select part of the layer, or select "
+            "nothing to process the whole layer."
+        )
+    grown = inside.grow(auto_margin(inside) if margin < 0 else margin)
+    return grown.intersect(layer)
+
+
+# --------------------------------------------------------------------------- pixels
+@dataclass(frozen=True)
+class PixelFormat:
+    babl: str  # the format GEGL converts to and from
+    channels: int
+    dtype: str  # client.RawImage dtype
+    bits: int
+
+
+def pixel_format(grey: bool, alpha: bool, high_bit_depth: bool) -> PixelFormat:
+    """8-bit images stay 8-bit; anything deeper travels as 16-bit (GEGL converts and clamps), in the
+    perceptual (gamma) encoding the models were trained on."""
+    base = "Y'" if grey else "R'G'B'"
+    if alpha:
+        base += "A"
+    bits = 16 if high_bit_depth else 8
+    channels = (1 if grey else 3) + int(alpha)
+    return PixelFormat(f"{base} u{bits}", channels, f"uint{bits}", bits)
+
+
+def result_format(channels: int, dtype: str) -> PixelFormat:
+    grey = channels <= 2
+    return pixel_format(grey, channels in (2, 4), dtype == "uint16")
+
+
+def mask_format(high_bit_depth: bool) -> PixelFormat:
+    return PixelFormat(f"Y u{16 if high_bit_depth else 8}", 1, f"uint{16 if high_bit_depth else 8}",
+                       16 if high_bit_depth else 8)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- naming and records
+def layer_name(task: str, scale: int, seed: int | None) -> str:
+    what = f"Diffusion upscale ×{scale}" if task == "upscale" else "Diffusion colorize"
+    return f"{what} (seed {seed})" if seed is not None else what
+
+
+def run_record(settings: RunSettings, job: client.JobInfo, region: Rect) -> bytes:
+    """What is stored on the new layer as a parasite, so a result can be reproduced."""
+    result = job.result or {}
+    record = {
+        "task": settings.task,
+        "arguments": settings.values,
+        "params": job.params,
+        "seed": result.get("seed"),
+        "model": result.get("model"),
+        "prompt": result.get("prompt"),
+        "negative_prompt": result.get("negative_prompt"),
+        "region": [region.x, region.y, region.width, region.height],
+        "job": job.id,
+    }
+    return json.dumps(record, sort_keys=True).encode()
+
+
+STAGES = {
+    "queued": "waiting in the queue",
+    "load": "loading the model",
+    "prescale": "pre-scaling",
+    "describe": "describing the picture",
+    "encode": "encoding",
+    "denoise": "denoising",
+    "decode": "decoding",
+    "finish": "finishing",
+    "done": "done",
+}
+
+
+def progress_text(task: str, job: client.JobInfo) -> str:
+    p = job.progress
+    what = "Diffusion upscale" if task == "upscale" else "Diffusion colorize"
+    if job.state == "queued":
+        position = f" (position {job.queue_position})" if job.queue_position else ""
+        return f"{what}: waiting in the queue{position}"
+    text = f"{what}: {STAGES.get(p.stage, p.stage)}"
+    if p.total > 1:
+        text += f" {p.step}/{p.total}"
+    if p.eta_seconds is not None and p.eta_seconds > 1:
+        text += f", about {p.eta_seconds:.0f} s left"
+    return text
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class BackendSettings:
+    url: str = DEFAULT_URL
+    python: str | None = None  # the backend environment's interpreter, to start a local server
+    models: str | None = None
+    token: str | None = None
+    config_file: Path | None = None
+
+
+def load_backend_settings(plugin_dir: Path, environ: dict[str, str] | None = None) -> BackendSettings:
+    """The JSON the installer writes beside the plug-in; ``DIFFUSION_UPSCALE_URL`` overrides the URL."""
+    environ = dict(os.environ if environ is None else environ)
+    path = plugin_dir / CONFIG_NAME
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PluginError(
+                f"The plug-in's settings file {path} cannot be read ({exc}). Run the installer again "
+                "to rewrite it."
+            ) from exc
+        if not isinstance(data, dict):
+            raise PluginError(
+                f"The plug-in's settings file {path} is not a JSON object; run the installer again."
+            )
+    url = environ.get(URL_VARIABLE) or data.get("url") or DEFAULT_URL
+    return BackendSettings(
+        url=str(url),
+        python=data.get("python") or None,
+        models=data.get("models") or None,
+        token=environ.get(TOKEN_VARIABLE) or data.get("token") or None,
+        config_file=path if path.is_file() else None,
+    )
+
+
+def connect(settings: BackendSettings, on_wait: Any = None) -> client.Client:
+    """A client for a backend that answers, starting a local one when the installer said how."""
+    try:
+        if settings.python:
+            return client.ensure_server(
+                settings.url, settings.python, settings.models, token=settings.token, on_wait=on_wait
+            )
+        connection = client.Client(settings.url, token=settings.token)
+        connection.health()
+        return connection
+    except client.ServerUnreachable as exc:
+        hint = (
+            ""
+            if settings.python
+            else (
+                " Start it with `python -m backend serve`, or run the installer so the plug-in can start it."
+            )
+        )
+        raise PluginError(f"{exc}{hint}") from exc
+    except client.ClientError as exc:
+        raise PluginError(str(exc)) from exc

@@ -1,0 +1,323 @@
+"""The GIMP plug-in: its GIMP-free core as unit tests, and end to end in a real GIMP 3 against a
+real backend serving the tiny models."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gimp_plugin import plugin_source
+
+from .gimp_harness import Gimp, GimpUnavailable
+from .service_server import ServerProcess
+
+sys.path.insert(0, str(plugin_source()))
+import diffusion_upscale_core as core
+
+R = core.Rect
+
+
+# --------------------------------------------------------------------------- core, without GIMP
+def test_region_is_the_layer_without_a_selection() -> None:
+    assert core.plan_region(R(5, 6, 40, 30), None) == R(5, 6, 40, 30)
+
+
+def test_region_grows_the_selection_by_the_margin_and_clamps_to_the_layer() -> None:
+    layer = R(10, 10, 100, 80)
+    assert core.plan_region(layer, R(40, 30, 20, 10), margin=5) == R(35, 25, 30, 20)
+    assert core.plan_region(layer, R(12, 70, 30, 40), margin=8) == R(10, 62, 40, 28)  # clamped, part outside
+    # automatic margin: an eighth of the long side, at least 32 px
+    assert core.auto_margin(R(0, 0, 400, 100)) == 50 and core.auto_margin(R(0, 0, 10, 10)) == 32
+    assert core.plan_region(layer, R(50, 50, 10, 10)) == R(18, 18, 74, 72)
+    with pytest.raises(core.PluginError, match="does not overlap"):
+        core.plan_region(layer, R(200, 200, 10, 10))
+
+
+def test_pixel_formats() -> None:
+    assert core.pixel_format(False, True, False) == core.PixelFormat("R'G'B'A u8", 4, "uint8", 8)
+    assert core.pixel_format(True, False, True) == core.PixelFormat("Y' u16", 1, "uint16", 16)
+    assert core.result_format(2, "uint16").babl == "Y'A u16"
+    assert core.mask_format(False).babl == "Y u8"
+
+
+def test_settings_map_to_backend_parameters() -> None:
+    settings = core.RunSettings.from_values(
+        "upscale",
+        {"scale": 4, "prompt": "a face", "fidelity-fg": 1.5, "seed": -1, "tile": 300, "negative-prompt": ""},
+    )
+    params = settings.backend_params()
+    assert params["scale"] == 4.0 and params["prompt"] == "a face" and params["fidelity_fg"] == 1.5
+    assert params["seed"] is None and params["tile"] == 296 and "negative_prompt" not in params
+    assert params["steps"] == 20 and params["color_fix"] is True and params["process_size"] == 768
+    colorize = core.RunSettings.from_values("colorize", {"seed": 9, "color-mode": "normal"})
+    assert colorize.scale == 1 and colorize.backend_params()["seed"] == 9
+    assert "color_fix" not in colorize.backend_params()
+    with pytest.raises(core.PluginError, match="fidelity-bg must be between 0 and 2"):
+        core.RunSettings.from_values("upscale", {"fidelity-bg": 3.0})
+    with pytest.raises(core.PluginError, match="output must be one of"):
+        core.RunSettings.from_values("upscale", {"output": "clipboard"})
+    # every argument has a default inside its range
+    for arg in core.ARGUMENTS:
+        if arg.kind in ("int", "double"):
+            assert arg.low <= arg.default <= arg.high, arg.name
+
+
+def test_backend_settings_from_the_installer_json_and_the_environment(tmp_path: Path) -> None:
+    assert core.load_backend_settings(tmp_path, {}).url == core.DEFAULT_URL
+    (tmp_path / core.CONFIG_NAME).write_text(
+        json.dumps({"url": "http://10.0.0.2:7000", "python": "/venv/bin/python"})
+    )
+    settings = core.load_backend_settings(tmp_path, {})
+    assert settings.url == "http://10.0.0.2:7000" and settings.python == "/venv/bin/python"
+    env = {core.URL_VARIABLE: "http://127.0.0.1:9999", core.TOKEN_VARIABLE: "secret"}
+    overridden = core.load_backend_settings(tmp_path, env)
+    assert overridden.url == "http://127.0.0.1:9999" and overridden.token == "secret"
+    (tmp_path / core.CONFIG_NAME).write_text("{not json")
+    with pytest.raises(core.PluginError, match=r"[Rr]un the installer again"):
+        core.load_backend_settings(tmp_path, {})
+
+
+def test_names_and_progress_text() -> None:
+    assert core.layer_name("upscale", 2, 42) == "Diffusion upscale ×2 (seed 42)"
+    assert core.layer_name("colorize", 1, None) == "Diffusion colorize"
+    job = core.client.JobInfo(
+        id="x", state="running", task="upscale", model=None,
+        progress=core.client.Progress(stage="denoise", step=5, total=20, fraction=0.4, eta_seconds=12.0),
+    )  # fmt: skip
+    assert core.progress_text("upscale", job) == "Diffusion upscale: denoising 5/20, about 12 s left"
+
+
+# --------------------------------------------------------------------------- in a real GIMP 3
+@pytest.fixture(scope="module")
+def gimp() -> Gimp:
+    try:
+        return Gimp.find()
+    except GimpUnavailable as exc:  # CI must have GIMP 3: a missing GIMP fails, it never skips
+        pytest.fail(f"GIMP 3 is not available: {exc}")
+
+
+@pytest.fixture(scope="module")
+def backend(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    with ServerProcess(tiny_models["full"].parent, tmp_path_factory.mktemp("gimp-backend")) as running:
+        yield running
+
+
+HELPERS = """
+import struct
+P = Gimp.Precision
+def fill_bytes(w, h, channels, bits, alpha_split=False):
+    top = (1 << bits) - 1
+    pack = 'B' if bits == 8 else 'H'
+    values = []
+    for y in range(h):
+        for x in range(w):
+            px = [x * top // max(w - 1, 1), y * top // max(h - 1, 1), (x + y) * top // max(w + h - 2, 1)]
+            px = px[:1] if channels <= 2 else px
+            if channels in (2, 4):
+                px.append(0 if (alpha_split and x < w // 2) else top)
+            values.extend(px)
+    return struct.pack('<%d%s' % (len(values), pack), *values)
+
+def make_image(w, h, precision, grey=False, alpha=False, layer_size=None, offsets=(0, 0), alpha_split=False):
+    base = Gimp.ImageBaseType.GRAY if grey else Gimp.ImageBaseType.RGB
+    img = Gimp.Image.new_with_precision(w, h, base, precision)
+    lw, lh = layer_size or (w, h)
+    kind = {(True, False): Gimp.ImageType.GRAY_IMAGE, (True, True): Gimp.ImageType.GRAYA_IMAGE,
+            (False, False): Gimp.ImageType.RGB_IMAGE, (False, True): Gimp.ImageType.RGBA_IMAGE}[(grey, alpha)]
+    layer = Gimp.Layer.new(img, 'source', lw, lh, kind, 100.0, Gimp.LayerMode.NORMAL)
+    img.insert_layer(layer, None, 0)
+    layer.set_offsets(*offsets)
+    bits = 8 if precision in (P.U8_NON_LINEAR, P.U8_LINEAR, P.U8_PERCEPTUAL) else 16
+    channels = (1 if grey else 3) + int(alpha)
+    fmt = ("Y'" if grey else "R'G'B'") + ('A' if alpha else '') + ' u%d' % bits
+    data = fill_bytes(lw, lh, channels, bits, alpha_split)
+    layer.get_buffer().set(Gegl.Rectangle.new(0, 0, lw, lh), fmt, data)
+    layer.get_buffer().flush()
+    return img, layer, fmt
+
+def pixels(drawable, fmt):
+    w, h = drawable.get_width(), drawable.get_height()
+    return bytes(drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt, Gegl.AbyssPolicy.NONE))
+
+def call(name, img, layer, **args):
+    proc = Gimp.get_pdb().lookup_procedure(name)
+    config = proc.create_config()
+    config.set_property('run-mode', Gimp.RunMode.NONINTERACTIVE)
+    config.set_property('image', img)
+    config.set_core_object_array('drawables', [layer])
+    for key, value in args.items():
+        config.set_property(key.replace('_', '-'), value)
+    result = proc.run(config)
+    return result.index(0).value_nick, Gimp.get_pdb().get_last_error()
+
+def describe(img):
+    layers = []
+    for layer in img.get_layers():
+        _, x, y = layer.get_offsets()
+        mask = layer.get_mask()
+        info = {'name': layer.get_name(), 'size': [layer.get_width(), layer.get_height()],
+                'offsets': [x, y], 'mode': layer.get_mode().value_nick, 'alpha': layer.has_alpha(),
+                'mask': None, 'parasite': None}
+        if mask is not None:
+            w, h = mask.get_width(), mask.get_height()
+            values = pixels(mask, 'Y u8')
+            info['mask'] = {'centre': values[(h // 2) * w + w // 2], 'corner': values[0], 'size': [w, h],
+                            'levels': len(set(values))}
+        parasite = layer.get_parasite('diffusion-upscale-run')
+        if parasite is not None:
+            info['parasite'] = json.loads(bytes(parasite.get_data()).decode())
+        layers.append(info)
+    return {'size': [img.get_width(), img.get_height()], 'base': img.get_base_type().value_nick,
+            'precision': img.get_precision().value_nick, 'layers': layers}
+"""
+
+FAST = "steps=2, process_size=256, seed=5"
+
+
+def run_in_gimp(gimp: Gimp, body: str, url: str) -> dict:
+    work = gimp.workdir()
+    try:
+        return gimp.run_script(HELPERS + textwrap.dedent(body), work, {core.URL_VARIABLE: url})
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_gimp_lists_both_procedures(gimp: Gimp, backend: ServerProcess) -> None:
+    data = run_in_gimp(
+        gimp,
+        """
+        pdb = Gimp.get_pdb()
+        found = {}
+        for name in ('plug-in-diffusion-upscale', 'plug-in-diffusion-colorize'):
+            proc = pdb.lookup_procedure(name)
+            found[name] = None if proc is None else {
+                'menu': proc.get_menu_paths(), 'label': proc.get_menu_label(),
+                'types': proc.get_image_types(), 'args': [a.name for a in proc.get_arguments()]}
+        save(found)
+        """,
+        backend.url,
+    )
+    upscale, colorize = data["plug-in-diffusion-upscale"], data["plug-in-diffusion-colorize"]
+    assert upscale is not None and colorize is not None, data["_output"][-3000:]
+    assert upscale["menu"] == ["<Image>/Filters/Enhance"] and upscale["label"] == "Diffusion _Upscale..."
+    assert colorize["label"] == "Diffusion _Colorize..." and upscale["types"] == "RGB*, GRAY*"
+    assert {"scale", "prompt", "fidelity-fg", "fidelity-bg", "steps", "seed", "output"} <= set(
+        upscale["args"]
+    )
+    assert "color-mode" in colorize["args"] and "scale" not in colorize["args"]
+
+
+def test_upscale_a_feathered_selection_of_an_offset_layer(gimp: Gimp, backend: ServerProcess) -> None:
+    data = run_in_gimp(
+        gimp,
+        f"""
+        img, layer, fmt = make_image(80, 56, P.U8_NON_LINEAR, layer_size=(60, 40), offsets=(8, 4))
+        img.select_ellipse(Gimp.ChannelOps.REPLACE, 24, 12, 30, 22)
+        Gimp.Selection.feather(img, 6.0)
+        bounds = list(Gimp.Selection.bounds(img))[1:]
+        before = pixels(layer, fmt)
+        status, error = call('plug-in-diffusion-upscale', img, layer, scale=2, context_margin=8, {FAST})
+        save({{'status': status, 'error': error, 'bounds': bounds, 'image': describe(img),
+              'source_unchanged': pixels(layer, fmt) == before}})
+        """,
+        backend.url,
+    )
+    assert data["status"] == "success", data["error"] + data["_output"][-3000:]
+    x1, y1, x2, y2 = data["bounds"][1:]
+    region = core.plan_region(R(8, 4, 60, 40), R(x1, y1, x2 - x1, y2 - y1), margin=8)
+    image = data["image"]
+    assert image["size"] == [160, 112]  # canvas scaled by the factor
+    new, source = image["layers"]  # the new layer sits directly above the source
+    assert new["name"] == "Diffusion upscale ×2 (seed 5)"
+    assert new["size"] == [region.width * 2, region.height * 2]
+    assert new["offsets"] == [region.x * 2, region.y * 2]
+    mask = new["mask"]
+    assert mask is not None and mask["size"] == new["size"]
+    assert mask["centre"] == 255 and mask["corner"] == 0 and mask["levels"] > 4  # feathered: soft levels
+    assert source["name"] == "source" and source["size"] == [60, 40] and source["offsets"] == [8, 4]
+    assert data["source_unchanged"]
+    record = new["parasite"]
+    assert record["task"] == "upscale" and record["seed"] == 5 and record["model"] == "tiny-full"
+    assert record["region"] == [region.x, region.y, region.width, region.height]
+
+
+def test_colorize_a_16_bit_grey_image_as_an_lch_colour_layer(gimp: Gimp, backend: ServerProcess) -> None:
+    data = run_in_gimp(
+        gimp,
+        f"""
+        img, layer, fmt = make_image(40, 32, P.U16_NON_LINEAR, grey=True)
+        before = pixels(layer, fmt)
+        status, error = call('plug-in-diffusion-colorize', img, layer, {FAST})
+        save({{'status': status, 'error': error, 'image': describe(img),
+              'source_unchanged': pixels(layer, fmt) == before}})
+        """,
+        backend.url,
+    )
+    assert data["status"] == "success", data["error"] + data["_output"][-3000:]
+    image = data["image"]
+    assert image["base"] == "rgb" and image["precision"] == "u16-non-linear" and image["size"] == [40, 32]
+    new, _ = image["layers"]
+    assert new["name"] == "Diffusion colorize (seed 5)" and new["mode"] == "lch-color"
+    assert new["size"] == [40, 32] and new["mask"] is None
+    assert data["source_unchanged"]
+    assert new["parasite"]["model"] == "tiny-color"
+
+
+def test_upscale_16_bit_with_alpha_into_a_new_image(gimp: Gimp, backend: ServerProcess) -> None:
+    data = run_in_gimp(
+        gimp,
+        f"""
+        img, layer, fmt = make_image(32, 24, P.U16_NON_LINEAR, alpha=True, alpha_split=True)
+        before = pixels(layer, fmt)
+        count = len(Gimp.get_images())
+        status, error = call('plug-in-diffusion-upscale', img, layer, scale=2, output='image', {FAST})
+        images = Gimp.get_images()
+        made = [i for i in images if i.get_id() != img.get_id()]
+        out = made[0].get_layers()[0]
+        raw = pixels(out, "R'G'B'A u16")
+        w = out.get_width()
+        alpha = struct.unpack('<%dH' % (len(raw) // 2), raw)[3::4][:w]  # first row
+        save({{'status': status, 'error': error, 'original': describe(img),
+              'made': [describe(i) for i in made], 'count': [count, len(images)],
+              'alpha_left': max(alpha[: w // 2 - 4]), 'alpha_right': alpha[-1],
+              'source_unchanged': pixels(layer, fmt) == before}})
+        """,
+        backend.url,
+    )
+    assert data["status"] == "success", data["error"] + data["_output"][-3000:]
+    assert data["count"] == [1, 2]
+    original = data["original"]
+    assert original["size"] == [32, 24] and len(original["layers"]) == 1  # the source image is untouched
+    assert data["source_unchanged"]
+    made = data["made"][0]
+    assert made["size"] == [64, 48] and made["precision"] == "u16-non-linear"
+    layer = made["layers"][0]
+    assert layer["alpha"] and layer["size"] == [64, 48]
+    assert data["alpha_left"] == 0 and data["alpha_right"] == 65535
+
+
+def test_backend_down_gives_a_clean_error_and_leaves_the_image_unchanged(gimp: Gimp) -> None:
+    data = run_in_gimp(
+        gimp,
+        f"""
+        img, layer, fmt = make_image(40, 30, P.U8_NON_LINEAR)
+        img.select_rectangle(Gimp.ChannelOps.REPLACE, 5, 5, 20, 10)
+        before = describe(img)
+        status, error = call('plug-in-diffusion-upscale', img, layer, scale=2, {FAST})
+        save({{'status': status, 'error': error, 'before': before, 'after': describe(img),
+              'undo': img.undo_is_enabled()}})
+        """,
+        "http://127.0.0.1:9",
+    )
+    assert data["status"] == "execution-error"
+    assert "does not answer" in data["error"] and "Traceback" not in data["_output"]
+    assert data["after"] == data["before"]
