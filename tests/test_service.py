@@ -306,6 +306,8 @@ JOBS = [
     ("model path", lambda u: json.dumps({"image": u["image"], "model": "/etc", "params": FAST}).encode(),
      404, "unknown model"),
     ("result too large", lambda u: _job(u["big"], scale=2), 413, "megapixels"),
+    ("prescaler path", lambda u: _job(u["image"], prescaler="/etc/passwd.pth"), 422, "unknown pre-scaler"),
+    ("unknown prescaler", lambda u: _job(u["image"], prescaler="esrgan.pth"), 422, "upscalers"),
     ("not json", lambda u: b"{image: nope", 422, "json"),
     ("unknown field", lambda u: json.dumps({"image": u["image"], "colour": 1}).encode(), 422, "colour"),
 ]  # fmt: skip
@@ -352,6 +354,18 @@ def test_other_bad_requests(
     assert response[0] == status, response
     assert words.lower() in response[1].lower(), response
     assert server.healthy()
+
+
+def test_wrong_content_type_keeps_the_connection_usable(server: ServerProcess) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    for _ in range(3):  # the same kept-alive connection each time
+        conn.request("POST", "/v1/jobs", body=b"x" * 5000, headers={"Content-Type": "text/plain"})
+        response = conn.getresponse()
+        assert response.status == 415 and "JSON" in json.loads(response.read())["detail"]
+        conn.request("GET", "/v1/health")
+        health = conn.getresponse()
+        assert health.status == 200 and json.loads(health.read())["api"] == "v1"
+    conn.close()
 
 
 def test_result_of_unfinished_job_and_bad_format(server: ServerProcess, uploaded: dict[str, str]) -> None:

@@ -29,6 +29,7 @@ from ..models.loading import ModelLoadError
 from ..models.registry import DEFAULT_MODEL_FOR_TASK, REGISTRY
 from ..models.store import installed_models, missing_files
 from ..pipelines.params import ParamsError, RestoreParams
+from ..pipelines.prescale import GAN_SUFFIXES
 from . import schemas
 from .config import API_VERSION, ServerConfig
 from .downloads import Downloads
@@ -84,11 +85,15 @@ class BodyLimit:
         if not is_upload and scope["method"] in ("POST", "PUT", "PATCH") and length not in (None, b"0"):
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if ctype != b"application/json":
-                await _send_problem(
-                    send,
-                    415,
-                    f"Send JSON (Content-Type: application/json), not {ctype.decode() or 'nothing'}.",
-                )
+                # Read the (small) body first: answering before it is read would break a kept-alive
+                # connection; past the limit, the answer is 413 and the connection closes.
+                if await _drain(receive, limit):
+                    detail = f"Send JSON (Content-Type: application/json), not {ctype.decode() or 'nothing'}."
+                    await _send_problem(send, 415, detail, close=False)
+                else:
+                    await _send_problem(
+                        send, 413, f"The request body is larger than the limit of {_size(limit)}."
+                    )
                 return
         if length is not None:
             try:
@@ -136,9 +141,24 @@ class TokenAuth:
         await self.app(scope, receive, send)
 
 
+async def _drain(receive: Receive, limit: int) -> bool:
+    """Read and drop a request body; False when it is longer than ``limit``."""
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return True
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            return False
+        if not message.get("more_body", False):
+            return True
+
+
 async def _send_problem(
-    send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None, close: bool = True
 ) -> None:
+    """An error answered before the app ran; ``close`` when the request body was left unread."""
     body = schemas.Problem(detail=detail).model_dump_json().encode()
     await send(
         {
@@ -147,7 +167,7 @@ async def _send_problem(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *([(b"connection", b"close")] if close else []),
                 *(headers or []),
             ],
         }
@@ -169,10 +189,7 @@ class Services:
     log_file: Path | None
 
 
-def create_app(
-    config: ServerConfig, log_file: Path | None = None, engine: Engine | None = None, announce: bool = False
-) -> FastAPI:
-    """The app with its services; ``announce`` prints "Serving on URL" once it answers requests."""
+def create_app(config: ServerConfig, log_file: Path | None = None, engine: Engine | None = None) -> FastAPI:
     data = config.resolved_data_dir()
     models = config.resolved_models_dir()
     engine = engine or Engine(
@@ -195,8 +212,6 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs.start()
-        if announce:
-            print(f"Serving on {config.url} (log: {log_file})", flush=True)
         yield
         await run_in_threadpool(jobs.stop)
 
@@ -402,6 +417,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
                 f"{s.config.max_output_megapixels:g}. Use a smaller scale or a part of the image.",
             )
         _check_model(s, request.model, params.task)
+        params = _check_prescaler(s, params)
         try:
             job = s.jobs.submit(request.image, request.mask, request.model, params, request.detached)
         except QueueFull as exc:
@@ -487,6 +503,27 @@ def _check_model(s: Services, model: str | None, task: str) -> None:
         s.engine.find_model(model, task)
     except ModelLoadError as exc:
         raise ApiError(422, str(exc)) from None
+
+
+def _check_prescaler(s: Services, params: RestoreParams) -> RestoreParams:
+    """Clients name a GAN upscaler file in ``<models>/upscalers/``, never a server path."""
+    name = (params.prescaler or "").strip()
+    if name.lower() in ("", "bicubic"):
+        return params.with_(prescaler=None)
+    folder = s.config.resolved_models_dir() / "upscalers"
+    candidate = folder / name
+    if "/" in name or "\\" in name or name.startswith(".") or not candidate.is_file():
+        found = (
+            sorted(p.name for p in folder.iterdir() if p.suffix.lower() in GAN_SUFFIXES)
+            if folder.is_dir()
+            else []
+        )
+        raise ApiError(
+            422,
+            f"Unknown pre-scaler {name!r}: use 'bicubic' or the file name of a GAN upscaler in the server's "
+            f"{folder} folder (there now: {', '.join(found) or 'none'}).",
+        )
+    return params.with_(prescaler=str(candidate))
 
 
 def _image(s: Services, image_id: str, field: str = "image") -> Any:

@@ -29,6 +29,7 @@ from ..engine import Canceled, CancelToken, EngineError, RestoreResult
 from ..image_io import ImageInputError, mask_from_pixels, write_image
 from ..models.loading import ModelLoadError
 from ..pipelines.params import RestoreParams
+from ..pipelines.prescale import PrescalerError
 from .images import ImageStore
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ class JobQueue:
             with self._cond:
                 self._finish(job, "canceled", job.error or "canceled")
             log.info("job %s canceled: %s", job.id, job.error)
-        except (EngineError, ModelLoadError, ImageInputError, KeyError, ValueError) as exc:
+        except (EngineError, ModelLoadError, ImageInputError, PrescalerError, KeyError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             with self._cond:
                 self._finish(job, "failed", str(message))

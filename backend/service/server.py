@@ -163,8 +163,14 @@ def _run_uvicorn(config: ServerConfig, sock: socket.socket, log_file: Path, verb
 
     from .app import create_app
 
-    app = create_app(config, log_file=log_file, announce=True)
-    server = uvicorn.Server(
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # listening now: clients may connect as soon as they read this line
+                print(f"Serving on {config.url} (log: {log_file})", flush=True)
+
+    app = create_app(config, log_file=log_file)
+    server = AnnouncingServer(
         uvicorn.Config(
             app,
             log_config=None,
