@@ -444,6 +444,86 @@ def _read_all(response: http.client.HTTPResponse) -> bytes | bytearray:
     return buffer
 
 
+# --------------------------------------------------------------------------- the dialog's job file
+DIALOG_JOB_VERSION = 1
+DIALOG_EXIT_APPLIED = 0
+DIALOG_EXIT_CANCELED = 3  # the user closed the dialog without applying; nothing was written
+
+
+@dataclass
+class DialogJob:
+    """What a host (the GIMP plug-in) hands the dialog: ``python -m gui --job FILE``.
+
+    The dialog reads ``image`` (and ``mask``) as ``.npy``, lets the user set up and run the job
+    on ``server``, and on Apply writes the result pixels to ``result`` (``.npy``) and a
+    :class:`DialogAnswer` to ``answer``, then exits with :data:`DIALOG_EXIT_APPLIED`. On Cancel it
+    writes nothing and exits with :data:`DIALOG_EXIT_CANCELED`.
+    """
+
+    task: str  # upscale | colorize
+    image: str  # .npy path: H×W×C pixels of the region to process
+    result: str  # .npy path the dialog writes the result to
+    answer: str  # .json path the dialog writes the DialogAnswer to
+    mask: str | None = None  # .npy path: the selection over the region (H×W×1), or None
+    server: str = "http://127.0.0.1:7861"
+    token: str | None = None
+    python: str | None = None  # the backend environment's Python, to start a local server
+    models: str | None = None
+    title: str = ""  # shown in the window title (the image's name)
+    settings: dict[str, Any] = field(default_factory=dict)  # the host's last values, to start from
+    version: int = DIALOG_JOB_VERSION
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.__dict__, indent=2), encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> DialogJob:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ClientError(f"Cannot read the job file {path}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("version") != DIALOG_JOB_VERSION:
+            raise ClientError(f"The job file {path} is not a version {DIALOG_JOB_VERSION} dialog job.")
+        missing = [k for k in ("task", "image", "result", "answer") if not data.get(k)]
+        if missing or data["task"] not in ("upscale", "colorize"):
+            raise ClientError(f"The job file {path} lacks {', '.join(missing) or 'a valid task'}.")
+        return _build(cls, data)
+
+
+@dataclass
+class DialogAnswer:
+    """What the dialog hands back on Apply: the parameters used and the finished job."""
+
+    params: dict[str, Any]  # the backend parameters of the final run (RestoreParams' names)
+    options: dict[str, Any]  # host-side choices: output ("layer" | "image"), color_mode, model
+    job: dict[str, Any]  # id and result info (seed, model, prompt, size, ...)
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> DialogAnswer:
+        try:
+            return _build(cls, json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ClientError(f"Cannot read the dialog's answer {path}: {exc}") from exc
+
+
+def read_npy(path: str | os.PathLike[str]) -> RawImage:
+    return RawImage.from_npy(Path(path).read_bytes())
+
+
+def write_npy(path: str | os.PathLike[str], image: RawImage) -> None:
+    """Atomically: a reader never sees a half-written file."""
+    tmp = Path(f"{path}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(image.npy_header())
+        fh.write(memoryview(image.data).cast("B"))
+    os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------- starting a server
 def is_loopback(host: str) -> bool:
     if host == "localhost":
