@@ -321,3 +321,24 @@ def test_backend_down_gives_a_clean_error_and_leaves_the_image_unchanged(gimp: G
     assert data["status"] == "execution-error"
     assert "does not answer" in data["error"] and "Traceback" not in data["_output"]
     assert data["after"] == data["before"]
+
+
+def test_dialog_job_and_answer_map_to_the_procedure(tmp_path: Path) -> None:
+    start = core.RunSettings.from_values("upscale", {"scale": 2, "prompt": "old"})
+    backend = core.BackendSettings(url="http://127.0.0.1:7999", python="/venv/bin/python", token="t")
+    job = core.dialog_job("upscale", tmp_path, backend, start, "scan.tif", has_mask=True)
+    job.write(tmp_path / "job.json")
+    back = core.client.DialogJob.read(tmp_path / "job.json")
+    assert back.mask == str(tmp_path / "mask.npy") and back.server == backend.url and back.token == "t"
+    assert back.settings["params"]["prompt"] == "old" and back.title == "scan.tif"
+    answer = core.client.DialogAnswer(
+        params={"task": "upscale", "scale": 4.0, "prompt": "a face", "steps": 12, "seed": None},
+        options={"output": "image", "color_mode": "normal", "model": "tiny-full"},
+        job={"id": "abc", "seed": 77, "model": "tiny-full"},
+    )
+    settings = core.settings_from_answer("upscale", answer, start)
+    assert settings.scale == 4 and settings.get("prompt") == "a face" and settings.get("steps") == 12
+    assert settings.get("seed") == 77 and settings.get("output") == "image" and settings.model == "tiny-full"
+    outcome = core.Outcome.from_answer(answer)
+    record = json.loads(core.run_record(settings, outcome, R(1, 2, 3, 4)))
+    assert record["seed"] == 77 and record["job"] == "abc" and record["region"] == [1, 2, 3, 4]

@@ -9,6 +9,8 @@ Everything that does not need GIMP is in ``diffusion_upscale_core`` (tested with
 from __future__ import annotations
 
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gi
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import diffusion_upscale_core as core  # noqa: E402
 
 client = core.client
+PLUGIN_DIR = Path(__file__).resolve().parent
 EIGHT_BIT = (Gimp.Precision.U8_LINEAR, Gimp.Precision.U8_NON_LINEAR, Gimp.Precision.U8_PERCEPTUAL)
 
 
@@ -79,13 +82,24 @@ class DiffusionUpscale(Gimp.PlugIn):
 
 
 def run(procedure, run_mode, image, drawables, config, task):  # type: ignore[no-untyped-def]
-    """The procedure: never a traceback, never a half-made layer; plain-words errors."""
-    if run_mode == Gimp.RunMode.INTERACTIVE and not _ask(procedure, config):
-        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    """The procedure: never a traceback, never a half-made layer; plain-words errors.
+
+    Interactive runs open the PySide6 dialog (previews, progress) through the backend
+    environment's Python; without one configured, or when it cannot start, GIMP's own dialog.
+    """
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
     try:
         values = {arg.name: config.get_property(arg.name) for arg in core.arguments_for(task)}
         settings = core.RunSettings.from_values(task, values)
-        Runner(image, drawables, settings, interactive=run_mode == Gimp.RunMode.INTERACTIVE).run()
+        runner = Runner(image, drawables, settings, interactive)
+        if interactive:
+            done = runner.run_with_dialog(procedure, config)
+            if done is None:
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+            for name, value in done.values.items():  # GIMP remembers them as the last values
+                config.set_property(name, value)
+        else:
+            runner.run()
     except core.PluginError as exc:
         return _fail(procedure, str(exc))
     except Exception as exc:  # a bug of ours: still a message, not a traceback dialog
@@ -114,6 +128,17 @@ def _fail(procedure, message: str):  # type: ignore[no-untyped-def]
         GLib.quark_from_string("diffusion-upscale"), message, 0))  # fmt: skip
 
 
+@dataclass
+class Input:
+    """What the run reads from GIMP: the layer, the region, the selection, the pixels."""
+
+    layer: object
+    region: core.Rect
+    selection: core.Rect | None
+    image: client.RawImage
+    mask: client.RawImage | None
+
+
 class Runner:
     def __init__(self, image, drawables, settings: core.RunSettings, interactive: bool) -> None:  # type: ignore[no-untyped-def]
         self.image = image
@@ -122,7 +147,7 @@ class Runner:
         self.interactive = interactive
         self.task = settings.task
 
-    def run(self) -> None:
+    def read_input(self) -> Input:
         layer = self._source_layer()
         _, ox, oy = layer.get_offsets()
         layer_rect = core.Rect(ox, oy, layer.get_width(), layer.get_height())
@@ -145,13 +170,58 @@ class Runner:
                 .get(_rect(region), 1.0, mfmt.babl, Gegl.AbyssPolicy.NONE)
             )
             mask = client.RawImage(region.width, region.height, 1, mfmt.dtype, values)
+        return Input(layer, region, selection, image, mask)
 
+    def run(self) -> None:
+        """Non-interactive: the procedure's arguments straight to the backend."""
+        source = self.read_input()
         Gimp.progress_set_text(f"Diffusion {self.task}: connecting to the backend")
-        backend = core.load_backend_settings(Path(__file__).resolve().parent)
+        backend = core.load_backend_settings(PLUGIN_DIR)
         connection = core.connect(backend, on_wait=lambda seconds: Gimp.progress_pulse())
-        job, result = self._process(connection, image, mask)
+        job, result = self._process(connection, source.image, source.mask)
+        self.apply(source, core.Outcome.from_job(job), result)
 
+    def run_with_dialog(self, procedure, config) -> core.RunSettings | None:  # type: ignore[no-untyped-def]
+        """Interactive: the PySide6 dialog runs the job; None when the user canceled."""
+        source = self.read_input()
+        backend = core.load_backend_settings(PLUGIN_DIR)
+        if not backend.python:
+            return self._run_with_gimp_dialog(procedure, config, source)
+        with tempfile.TemporaryDirectory(prefix="diffusion-upscale-") as folder:
+            title = self.image.get_name() or "Untitled"
+            job = core.dialog_job(
+                self.task, Path(folder), backend, self.settings, title, source.mask is not None
+            )
+            client.write_npy(job.image, source.image)
+            if source.mask is not None and job.mask:
+                client.write_npy(job.mask, source.mask)
+            Gimp.progress_init(f"Diffusion {self.task}: the dialog is open")
+            try:
+                answer = core.run_dialog(backend, job, Path(folder) / "job.json")
+            except core.PluginError as exc:
+                Gimp.message(f"{exc}\nUsing GIMP's own dialog instead.")
+                return self._run_with_gimp_dialog(procedure, config, source)
+            if answer is None:
+                return None
+            result = client.read_npy(job.result)
+            self.settings = core.settings_from_answer(self.task, answer, self.settings)
+            self.apply(source, core.Outcome.from_answer(answer), result)
+        return self.settings
+
+    def _run_with_gimp_dialog(self, procedure, config, source: Input) -> core.RunSettings | None:  # type: ignore[no-untyped-def]
+        if not _ask(procedure, config):
+            return None
+        values = {arg.name: config.get_property(arg.name) for arg in core.arguments_for(self.task)}
+        self.settings = core.RunSettings.from_values(self.task, values)
+        backend = core.load_backend_settings(PLUGIN_DIR)
+        connection = core.connect(backend, on_wait=lambda seconds: Gimp.progress_pulse())
+        job, result = self._process(connection, source.image, source.mask)
+        self.apply(source, core.Outcome.from_job(job), result)
+        return self.settings
+
+    def apply(self, source: Input, outcome: core.Outcome, result) -> None:  # type: ignore[no-untyped-def]
         scale = self.settings.scale
+        region = source.region
         if (result.width, result.height) != (region.width * scale, region.height * scale):
             raise core.PluginError(
                 f"The backend returned {result.width}×{result.height} pixels, expected "
@@ -159,9 +229,9 @@ class Runner:
             )
         Gimp.progress_set_text(f"Diffusion {self.task}: adding the result")
         if self.settings.get("output") == "image":
-            self._new_image(layer, region, selection, job, result)
+            self._new_image(source.layer, region, source.selection, outcome, result)
         else:
-            self._new_layer(layer, region, selection, job, result)
+            self._new_layer(source.layer, region, source.selection, outcome, result)
         Gimp.displays_flush()
 
     def _source_layer(self):  # type: ignore[no-untyped-def]
@@ -228,18 +298,18 @@ class Runner:
             target.set_mode(Gimp.LayerMode.LCH_COLOR)
         target.update(0, 0, result.width, result.height)
 
-    def _parasite(self, job, region: core.Rect):  # type: ignore[no-untyped-def]
-        record = core.run_record(self.settings, job, region)
+    def _parasite(self, outcome: core.Outcome, region: core.Rect):  # type: ignore[no-untyped-def]
+        record = core.run_record(self.settings, outcome, region)
         return Gimp.Parasite.new(
             core.PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(record)
         )
 
-    def _new_layer(self, source, region, selection, job, result) -> None:  # type: ignore[no-untyped-def]
+    def _new_layer(self, source, region, selection, outcome, result) -> None:  # type: ignore[no-untyped-def]
         image = self.image
         scale = self.settings.scale
         width, height = image.get_width(), image.get_height()
         mask_values = self._mask_values(region, scale) if selection is not None else None
-        name = core.layer_name(self.task, scale, (job.result or {}).get("seed"))
+        name = core.layer_name(self.task, scale, outcome.seed)
         image.undo_group_start()
         created = None
         inserted = resized = converted = False
@@ -258,7 +328,7 @@ class Runner:
             inserted = True
             created.set_offsets(region.x * scale, region.y * scale)
             self._fill(created, result, mask_values)
-            created.attach_parasite(self._parasite(job, region))
+            created.attach_parasite(self._parasite(outcome, region))
         except Exception:
             # Leave the image as it was: remove what was added, restore the canvas and the mode.
             if inserted:
@@ -271,7 +341,7 @@ class Runner:
         finally:
             image.undo_group_end()
 
-    def _new_image(self, source, region, selection, job, result) -> None:  # type: ignore[no-untyped-def]
+    def _new_image(self, source, region, selection, outcome, result) -> None:  # type: ignore[no-untyped-def]
         scale = self.settings.scale
         mask_values = self._mask_values(region, scale) if selection is not None else None
         base = Gimp.ImageBaseType.RGB if result.channels >= 3 else Gimp.ImageBaseType.GRAY
@@ -279,14 +349,14 @@ class Runner:
         image = Gimp.Image.new_with_precision(result.width, result.height, base, precision)
         try:
             image.undo_disable()
-            name = core.layer_name(self.task, scale, (job.result or {}).get("seed"))
+            name = core.layer_name(self.task, scale, outcome.seed)
             layer = Gimp.Layer.new(
                 image, name, result.width, result.height, self._layer_type(result.channels), 100.0,
                 Gimp.LayerMode.NORMAL,
             )  # fmt: skip
             image.insert_layer(layer, None, 0)
             self._fill(layer, result, mask_values)
-            layer.attach_parasite(self._parasite(job, region))
+            layer.attach_parasite(self._parasite(outcome, region))
             image.undo_enable()
         except Exception:
             image.delete()

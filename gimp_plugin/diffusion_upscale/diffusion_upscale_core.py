@@ -246,21 +246,115 @@ def layer_name(task: str, scale: int, seed: int | None) -> str:
     return f"{what} (seed {seed})" if seed is not None else what
 
 
-def run_record(settings: RunSettings, job: client.JobInfo, region: Rect) -> bytes:
+@dataclass(frozen=True)
+class Outcome:
+    """A finished run, however it was made (directly, or through the dialog)."""
+
+    job_id: str | None
+    params: dict[str, Any]
+    result: dict[str, Any]  # seed, model, prompt, negative_prompt, ...
+
+    @classmethod
+    def from_job(cls, job: client.JobInfo) -> Outcome:
+        return cls(job.id, dict(job.params), dict(job.result or {}))
+
+    @classmethod
+    def from_answer(cls, answer: client.DialogAnswer) -> Outcome:
+        return cls(answer.job.get("id"), dict(answer.params), dict(answer.job))
+
+    @property
+    def seed(self) -> int | None:
+        return self.result.get("seed")
+
+
+def run_record(settings: RunSettings, outcome: Outcome, region: Rect) -> bytes:
     """What is stored on the new layer as a parasite, so a result can be reproduced."""
-    result = job.result or {}
     record = {
         "task": settings.task,
         "arguments": settings.values,
-        "params": job.params,
-        "seed": result.get("seed"),
-        "model": result.get("model"),
-        "prompt": result.get("prompt"),
-        "negative_prompt": result.get("negative_prompt"),
+        "params": outcome.params,
+        "seed": outcome.seed,
+        "model": outcome.result.get("model"),
+        "prompt": outcome.result.get("prompt"),
+        "negative_prompt": outcome.result.get("negative_prompt"),
         "region": [region.x, region.y, region.width, region.height],
-        "job": job.id,
+        "job": outcome.job_id,
     }
     return json.dumps(record, sort_keys=True).encode()
+
+
+def settings_from_answer(task: str, answer: client.DialogAnswer, start: RunSettings) -> RunSettings:
+    """The procedure's arguments as the dialog left them (so GIMP's last values follow the dialog)."""
+    p, o = answer.params, answer.options
+    values = dict(start.values)
+    mapping = {
+        "scale": round(float(p.get("scale", 1))),
+        "prompt": p.get("prompt"),
+        "steps": p.get("steps"),
+        "guidance": p.get("guidance"),
+        "seed": answer.job.get("seed", p.get("seed")),
+        "fidelity-fg": p.get("fidelity_fg"),
+        "fidelity-bg": p.get("fidelity_bg"),
+        "auto-prompt": p.get("auto_prompt"),
+        "noise-level": p.get("added_noise_level"),
+        "process-size": p.get("process_size"),
+        "output": o.get("output"),
+        "color-mode": o.get("color_mode"),
+        "model": o.get("model") or "",
+    }
+    for name, value in mapping.items():
+        if value is not None and any(a.name == name for a in arguments_for(task)):
+            values[name] = value
+    return RunSettings.from_values(task, values)
+
+
+def dialog_job(task: str, folder: Path, backend: BackendSettings, settings: RunSettings, title: str,
+               has_mask: bool) -> client.DialogJob:  # fmt: skip
+    """The job file for the PySide6 dialog; the pixels go to ``folder`` beside it."""
+    return client.DialogJob(
+        task=task,
+        image=str(folder / "image.npy"),
+        mask=str(folder / "mask.npy") if has_mask else None,
+        result=str(folder / "result.npy"),
+        answer=str(folder / "answer.json"),
+        server=backend.url,
+        token=backend.token,
+        python=backend.python,
+        models=backend.models,
+        title=title,
+        settings={**settings.values, "params": settings.backend_params()},
+    )
+
+
+def run_dialog(backend: BackendSettings, job: client.DialogJob, job_file: Path) -> client.DialogAnswer | None:
+    """Run ``python -m gui --job FILE`` with the backend environment's Python and wait for it.
+
+    Returns the answer on Apply, None on Cancel; PluginError when the dialog cannot run (the
+    caller then falls back to GIMP's own dialog).
+    """
+    import subprocess
+
+    if not backend.python:
+        raise PluginError("The dialog needs the backend environment (run the installer).")
+    job.write(job_file)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+    try:
+        done = subprocess.run(
+            [backend.python, "-m", "gui", "--job", str(job_file)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            text=True,
+            errors="replace",
+        )
+    except OSError as exc:
+        raise PluginError(f"Could not start the dialog with {backend.python}: {exc}") from exc
+    if done.returncode == client.DIALOG_EXIT_CANCELED:
+        return None
+    if done.returncode != client.DIALOG_EXIT_APPLIED:
+        tail = "\n".join((done.stderr or "").strip().splitlines()[-6:])
+        raise PluginError(f"The dialog stopped with exit code {done.returncode}:\n{tail}")
+    return client.DialogAnswer.read(job.answer)
 
 
 STAGES = {
