@@ -54,6 +54,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class PixelFileResponse(FileResponse):
+    """Pixel files are tens to hundreds of MB: read them in 1 MiB chunks, not Starlette's 64 KiB."""
+
+    chunk_size = 1 << 20
+
+
 class ApiError(Exception):
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -383,7 +389,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
     )
     def image_pixels(image_id: str) -> FileResponse:
         _image(s, image_id)
-        return FileResponse(s.images.path(image_id), media_type="application/x-npy")
+        return PixelFileResponse(s.images.path(image_id), media_type="application/x-npy")
 
     @app.delete(f"{v}/images/{{image_id}}", status_code=204, tags=["images"])
     def delete_image(image_id: str) -> Response:
@@ -480,7 +486,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
             raise ApiError(409 if "has no result" in str(exc) else 422, str(exc)) from None
         media = {"npy": "application/x-npy", "png": "image/png", "tiff": "image/tiff"}[format]
         s.jobs.mark_fetched(job_id)
-        return FileResponse(path, media_type=media, filename=f"{job_id}.{format}")
+        return PixelFileResponse(path, media_type=media, filename=f"{job_id}.{format}")
 
 
 def _default_model(s: Services, task: str) -> str | None:
