@@ -1,0 +1,251 @@
+"""The dialog's values as one dataclass, saved per user, and the three presets.
+
+The file is ``dialog.json`` in :func:`backend.paths.config_dir` (``GDU_CONFIG_DIR`` redirects it),
+one section per task: an upscale prompt or negative words make no sense for colorizing. A bad or
+hand-edited file never stops the dialog: unknown keys and values of the wrong type fall back to
+the defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from backend import paths
+
+SETTINGS_VERSION = 1
+SEED_MAX = 2**31 - 1  # what a spin box (and GIMP's seed argument) holds
+SCALES = (1, 2, 4)  # offered in the dialog; 3 (the plug-in allows it) is kept when it comes in
+OUTPUTS = ("layer", "image")
+COLOR_MODES = ("lch-color", "normal")
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randint(0, SEED_MAX)
+
+
+@dataclass
+class DialogSettings:
+    """Every control of the dialog; the request to the backend is built from this value."""
+
+    scale: int = 2
+    model: str | None = None  # None: the server's default for the task
+    prompt: str = ""
+    auto_prompt: bool = False
+    quality_prompt: str | None = None  # None: the task's default words
+    negative_prompt: str | None = None  # None: the task's default words
+    steps: int = 20
+    guidance: float = 7.5
+    seed: int = field(default_factory=random_seed)
+    seed_locked: bool = False  # locked: the same seed every run; else a new one per run
+    fidelity_fg: float = 1.0
+    fidelity_bg: float = 1.0
+    process_size: int = 768
+    added_noise_level: int = 900
+    tile: int | None = None  # None: chosen by the backend from free memory
+    color_fix: bool = True
+    color_mode: str = "lch-color"
+    output: str = "layer"
+
+    @classmethod
+    def defaults(cls, task: str) -> DialogSettings:
+        return cls(scale=1) if task == "colorize" else cls()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, base: DialogSettings) -> DialogSettings:
+        """Take the values that have the right type; keep ``base``'s for the rest."""
+        if not isinstance(data, dict):
+            return base
+        changes = {}
+        for f in fields(cls):
+            if f.name in data and _fits(data[f.name], str(f.type)):
+                changes[f.name] = _clean(f.name, data[f.name])
+        return replace(base, **{k: v for k, v in changes.items() if v is not _INVALID})
+
+
+_INVALID = object()
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    kind, _, optional = str(annotation).partition(" | ")
+    if value is None:
+        return optional == "None"
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, int)
+    if kind == "float":
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, str)
+
+
+def _clean(name: str, value: Any) -> Any:
+    """Reject the values no control can show (the controls clamp numbers themselves)."""
+    if name == "scale" and value not in (1, 2, 3, 4):
+        return _INVALID
+    if name == "output" and value not in OUTPUTS:
+        return _INVALID
+    if name == "color_mode" and value not in COLOR_MODES:
+        return _INVALID
+    if name in ("guidance", "fidelity_fg", "fidelity_bg"):
+        return float(value)
+    if name == "seed":
+        return value % (SEED_MAX + 1)
+    return value
+
+
+# --------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    """A named starting point for the knobs that trade faithfulness against invention."""
+
+    name: str
+    description: str
+    steps: int
+    guidance: float
+    fidelity_fg: float
+    fidelity_bg: float
+
+    def apply(self, settings: DialogSettings) -> DialogSettings:
+        return replace(
+            settings,
+            steps=self.steps,
+            guidance=self.guidance,
+            fidelity_fg=self.fidelity_fg,
+            fidelity_bg=self.fidelity_bg,
+        )
+
+    def matches(self, settings: DialogSettings) -> bool:
+        return (
+            settings.steps == self.steps
+            and abs(settings.guidance - self.guidance) < 1e-6
+            and abs(settings.fidelity_fg - self.fidelity_fg) < 1e-6
+            and abs(settings.fidelity_bg - self.fidelity_bg) < 1e-6
+        )
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset(
+        "Faithful",
+        "Stays close to the original: strong fidelity, gentle prompt guidance. For documents, "
+        "faces you know, archival scans.",
+        steps=15,
+        guidance=4.0,
+        fidelity_fg=1.6,
+        fidelity_bg=1.4,
+    ),
+    Preset(
+        "Balanced",
+        "The model's reference settings.",
+        steps=20,
+        guidance=7.5,
+        fidelity_fg=1.0,
+        fidelity_bg=1.0,
+    ),
+    Preset(
+        "Creative",
+        "Lets the model invent texture and detail: weak fidelity, strong prompt guidance. Details "
+        "may differ from the original.",
+        steps=30,
+        guidance=9.0,
+        fidelity_fg=0.6,
+        fidelity_bg=0.4,
+    ),
+)
+
+
+def preset_named(name: str) -> Preset | None:
+    return next((p for p in PRESETS if p.name == name), None)
+
+
+def matching_preset(settings: DialogSettings) -> Preset | None:
+    return next((p for p in PRESETS if p.matches(settings)), None)
+
+
+# --------------------------------------------------------------------------- the host's values
+_HOST_ALIASES = {"noise_level": "added_noise_level", "colour_mode": "color_mode"}
+
+
+def merge_host(settings: DialogSettings, host: dict[str, Any] | None) -> DialogSettings:
+    """The host's last values (a job file's ``settings``) over the stored ones, where given.
+
+    Accepts the backend's parameter names, also nested under ``"params"`` (they win), and the
+    plug-in's hyphenated argument names. Empty words and negative seeds or tiles mean "not set":
+    the plug-in sends them for "the default".
+    """
+    if not host:
+        return settings
+    flat: dict[str, Any] = {}
+    for source in (host, host.get("params") if isinstance(host.get("params"), dict) else {}):
+        for key, value in source.items():
+            name = key.replace("-", "_")
+            flat[_HOST_ALIASES.get(name, name)] = value
+    given: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name == "seed":
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                given["seed"] = value  # the value only: the lock stays the user's choice
+        elif name == "tile":
+            given["tile"] = value if isinstance(value, int) and value > 0 else None
+        elif name == "scale" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            given["scale"] = round(value)
+        elif name in ("model", "quality_prompt", "negative_prompt") and value in ("", None):
+            given[name] = None
+        else:
+            given[name] = value
+    return DialogSettings.from_json(given, settings)
+
+
+# --------------------------------------------------------------------------- the file
+def settings_path() -> Path:
+    return paths.config_dir() / "dialog.json"
+
+
+@dataclass
+class SettingsStore:
+    """``dialog.json``: one section per task, plus the window's own state (geometry, folds)."""
+
+    path: Path = field(default_factory=settings_path)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path | None = None) -> SettingsStore:
+        store = cls(path or settings_path())
+        try:
+            data = json.loads(store.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict) and data.get("version") == SETTINGS_VERSION:
+            store.data = data
+        return store
+
+    def load(self, task: str) -> DialogSettings:
+        return DialogSettings.from_json(self.data.get(task), DialogSettings.defaults(task))
+
+    def put(self, task: str, settings: DialogSettings) -> None:
+        self.data[task] = settings.to_json()
+
+    @property
+    def window(self) -> dict[str, Any]:
+        window = self.data.get("window")
+        return window if isinstance(window, dict) else {}
+
+    def put_window(self, **values: Any) -> None:
+        self.data["window"] = {**self.window, **values}
+
+    def save(self) -> None:
+        """Atomically, so a crash while saving never leaves a broken file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.tmp")
+        tmp.write_text(json.dumps({**self.data, "version": SETTINGS_VERSION}, indent=2), encoding="utf-8")
+        os.replace(tmp, self.path)

@@ -1,0 +1,577 @@
+"""The PySide6 dialog, end to end: real widgets (offscreen) against a real backend serving the tiny models.
+
+Nothing is mocked: the dialog talks to ``python -m backend serve`` through the one client module, the
+way it does for the GIMP plug-in, and its files are read back with the plug-in's own readers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any QApplication exists
+pytest.importorskip("pytestqt", reason="the dialog's tests need pytest-qt (and PySide6)")
+
+import numpy as np
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtWidgets import QComboBox, QDialog
+
+from backend.client import (
+    DIALOG_EXIT_APPLIED,
+    DIALOG_EXIT_CANCELED,
+    Client,
+    DialogAnswer,
+    DialogJob,
+    RawImage,
+    read_npy,
+    write_npy,
+)
+from backend.pipelines.params import UPSCALE_NEGATIVE_PROMPT, RestoreParams
+from gui.app import job_input, main
+from gui.dialog import RestoreDialog
+from gui.imaging import Rect
+from gui.settings import PRESETS, DialogSettings, SettingsStore, merge_host
+from tests.service_server import ROOT, ServerProcess, wait_for
+
+SCREENSHOT = ROOT / "docs" / "images" / "dialog.png"
+# The host's settings for most tests (the plug-in hands its last values over the same way): quick runs.
+FAST = {"steps": 2, "process_size": 256}
+CROP = 48  # preview crop side for the tests (the dialog's default is 256)
+
+
+# --------------------------------------------------------------------------- helpers
+def picture(h: int = 64, w: int = 80, channels: int = 3) -> np.ndarray:
+    """A small scene (sky, sun, hills, a house, a tree), so the screenshot shows something."""
+    y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    scene = np.stack([0.35 + 0.3 * y, 0.55 + 0.25 * y, 0.9 - 0.1 * y], axis=2)
+    hill = y > 0.62 + 0.12 * np.sin(6 * x)
+    scene[hill] = np.stack([0.2 + 0.2 * x, 0.5 - 0.1 * y, 0.15 + 0 * x], axis=2)[hill]
+    scene[(x - 0.72) ** 2 + ((y - 0.25) * h / w) ** 2 < 0.008] = (1.0, 0.85, 0.4)  # sun
+    wall = (abs(x - 0.3) < 0.1) & (y > 0.5) & (y < 0.75)
+    scene[wall] = (0.85, 0.8, 0.7)
+    scene[(y < 0.5) & (y > 0.35) & (abs(x - 0.3) < (y - 0.35) * 0.9)] = (0.6, 0.2, 0.15)  # roof
+    scene[(abs(x - 0.27) < 0.025) & (y > 0.62) & (y < 0.75)] = (0.35, 0.2, 0.1)  # door
+    scene[(abs(x - 0.85) < 0.012) & (y > 0.6) & (y < 0.8)] = (0.3, 0.2, 0.1)  # trunk
+    scene[(x - 0.85) ** 2 + ((y - 0.55) * h / w) ** 2 < 0.004] = (0.1, 0.4, 0.12)  # crown
+    image = (scene * 255).round().astype(np.uint8)
+    return image[..., :channels]
+
+
+def raw(array: np.ndarray) -> RawImage:
+    if array.ndim == 2:
+        array = array[..., None]
+    h, w, c = array.shape
+    return RawImage(w, h, c, str(array.dtype), array.tobytes())
+
+
+def make_job(
+    folder: Path,
+    server: str,
+    task: str = "upscale",
+    mask: bool = True,
+    settings: dict[str, Any] | None = None,
+    size: tuple[int, int] = (64, 80),
+    **extra: Any,
+) -> Path:
+    """Write what the plug-in writes: image.npy (+ mask.npy) and a DialogJob beside them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = picture(*size, channels=3 if task == "upscale" else 1)
+    write_npy(folder / "image.npy", raw(image))
+    if mask:  # a selection right of the middle, around the sun
+        h, w = size
+        selection = np.zeros(size, np.uint8)
+        selection[h // 4 : h * 3 // 4, w // 2 : w * 9 // 10] = 255
+        write_npy(folder / "mask.npy", raw(selection))
+    job = DialogJob(
+        task=task,
+        image=str(folder / "image.npy"),
+        mask=str(folder / "mask.npy") if mask else None,
+        result=str(folder / "result.npy"),
+        answer=str(folder / "answer.json"),
+        server=server,
+        title="hills.png",
+        settings={"params": FAST} if settings is None else settings,
+        **extra,
+    )
+    job.write(folder / "job.json")
+    return folder / "job.json"
+
+
+def open_dialog(qtbot: Any, job_file: Path, connected: bool = True, crop: int = CROP) -> RestoreDialog:
+    dialog = RestoreDialog(job_input(str(job_file)), preview_side=crop, poll_interval=0.1)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    if connected:
+        qtbot.waitUntil(lambda: dialog.models_loaded, timeout=30000)
+    return dialog
+
+
+def items(combo: QComboBox) -> list[Any]:
+    return [combo.itemData(i) for i in range(combo.count())]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(tiny_models["full"].parent, tmp_path_factory.mktemp("gui-server")) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def user_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test has its own per-user folders: the real user's settings are never read or written."""
+    for var, name in (("GDU_CONFIG_DIR", "config"), ("GDU_LOG_DIR", "logs"), ("GDU_DATA_DIR", "data")):
+        monkeypatch.setenv(var, str(tmp_path / name))
+    return tmp_path / "config"
+
+
+# --------------------------------------------------------------------------- building
+def test_dialog_builds_from_a_job_file(qtbot: Any, server: ServerProcess, tmp_path: Path) -> None:
+    job_file = make_job(tmp_path / "job", server.url, settings={"prompt": "hills", "scale": 4})
+    dialog = open_dialog(qtbot, job_file)
+    c = dialog.controls
+    assert dialog.windowTitle() == "Diffusion Upscale — hills.png"
+    assert dialog.status.state == "connected" and dialog.status.text.text().startswith("Connected: CPU")
+    assert "free" in dialog.status.text.text()
+    # The task is the job file's: shown, not changeable.
+    assert c.task_combo.currentData() == "upscale" and not c.task_combo.isEnabled()
+    # Models of the task from the backend; the server's default first.
+    models = items(c.model_combo)
+    assert models[0] is None and "tiny-full" in c.model_combo.itemText(0)
+    assert set(models[1:]) == {"tiny-full", "tiny-light", "tiny-full-rrdb"}
+    # The host's values are in the controls; the output size follows the scale.
+    assert c.prompt.text() == "hills" and c.scale_combo.currentData() == 4
+    assert c.size_label.text() == "320 × 256 px, 0.08 MP"
+    c.scale_combo.setCurrentIndex(c.scale_combo.findData(2))
+    assert c.size_label.text() == "160 × 128 px, 0.02 MP"
+    # With a selection, both fidelities are live; the colour mode is a colorize choice only.
+    assert c.fidelity_fg.isEnabled() and c.fidelity_bg.isEnabled()
+    assert not c.color_mode.isVisibleTo(dialog) and c.output.isVisibleTo(dialog)
+    # The quality words and negative prompt start as the task's defaults.
+    assert c.negative_words.text() == UPSCALE_NEGATIVE_PROMPT
+    # Enter applies, Esc cancels; every control says what it does.
+    assert dialog.apply_button.isDefault() and dialog.apply_button.isEnabled()
+    described = [c.preset, c.model_combo, c.install_button, c.scale_combo, c.prompt, c.auto_prompt,
+                 c.fidelity_fg, c.fidelity_bg, c.steps, c.guidance, c.seed, c.dice, c.seed_lock, c.output,
+                 c.quality_words, c.negative_words, c.tile, c.process_size, c.noise, c.color_fix,
+                 dialog.preview_button]  # fmt: skip
+    for control in described:
+        assert len(control.toolTip()) > 20, control
+
+
+def test_colorize_job_without_a_selection(qtbot: Any, server: ServerProcess, tmp_path: Path) -> None:
+    dialog = open_dialog(qtbot, make_job(tmp_path / "job", server.url, task="colorize", mask=False))
+    c = dialog.controls
+    assert dialog.windowTitle().startswith("Diffusion Colorize")
+    assert c.scale_combo.currentData() == 1 and not c.scale_combo.isEnabled()
+    assert c.size_label.text().startswith("80 × 64 px")
+    assert not c.fidelity_fg.isEnabled() and "no selection" in c.fidelity_fg.toolTip()
+    assert c.color_mode.isVisibleTo(dialog) and not c.color_fix.isVisibleTo(dialog)
+    assert items(c.model_combo) == [None, "tiny-color"]
+    c.color_mode.setCurrentIndex(c.color_mode.findData("normal"))
+    request = dialog.request()
+    assert request.params["task"] == "colorize" and request.params["scale"] == 1.0
+    assert request.options == {"output": "layer", "color_mode": "normal", "model": None}
+
+
+# --------------------------------------------------------------------------- the request
+def test_request_carries_every_parameter(qtbot: Any, server: ServerProcess, tmp_path: Path) -> None:
+    dialog = open_dialog(qtbot, make_job(tmp_path / "job", server.url))
+    c = dialog.controls
+    c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-light"))
+    c.scale_combo.setCurrentIndex(c.scale_combo.findData(4))
+    c.prompt.setText("  rolling hills, summer  ")
+    c.auto_prompt.setChecked(True)
+    c.quality_words.setText("sharp")
+    c.negative_words.setText("")
+    c.steps.setValue(33)
+    c.guidance.setValue(5.5)
+    c.seed_lock.setChecked(True)
+    c.seed.setValue(1234)
+    c.fidelity_fg.setValue(1.75)
+    c.fidelity_bg.slider.setValue(30)  # the slider moves the number with it
+    c.process_size.setValue(516)  # not a multiple of 8: the request rounds it down
+    c.noise.setValue(750)
+    c.tile.setValue(200)
+    c.color_fix.setChecked(False)
+    c.output.setCurrentIndex(c.output.findData("image"))
+
+    request = dialog.request()
+    assert request.params == {
+        "task": "upscale",
+        "scale": 4.0,
+        "prompt": "rolling hills, summer",
+        "auto_prompt": True,
+        "quality_prompt": "sharp",
+        "negative_prompt": "",
+        "steps": 33,
+        "guidance": 5.5,
+        "seed": 1234,
+        "fidelity_fg": 1.75,
+        "fidelity_bg": 0.3,
+        "process_size": 512,
+        "added_noise_level": 750,
+        "color_fix": False,
+        "tile": 200,
+        "tile_overlap": 0.25,
+        "vae_tile": None,
+        "prescaler": None,
+    }
+    assert request.options == {"output": "image", "color_mode": "lch-color", "model": "tiny-light"}
+    assert RestoreParams.from_dict(request.params).to_dict() == request.params  # the backend takes it as is
+    # Auto tile and the default words.
+    c.tile.setValue(c.tile.minimum())
+    assert c.tile.text() == "Auto" and dialog.request().params["tile"] is None
+    dialog.reset()
+    params = dialog.request().params
+    assert params["negative_prompt"] == UPSCALE_NEGATIVE_PROMPT and params["steps"] == 20
+    assert dialog.request().model is None
+
+
+def test_presets_set_the_knobs_and_custom_shows_when_changed(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    dialog = open_dialog(qtbot, make_job(tmp_path / "job", server.url, settings={}))
+    c = dialog.controls
+    assert c.preset.currentText() == "Balanced"
+    for preset in PRESETS:
+        c.preset.setCurrentIndex(c.preset.findData(preset.name))
+        c.preset.activated.emit(c.preset.currentIndex())
+        values = dialog.values()
+        knobs = (values.steps, values.guidance, values.fidelity_fg, values.fidelity_bg)
+        assert knobs == (preset.steps, preset.guidance, preset.fidelity_fg, preset.fidelity_bg)
+    faithful, _, creative = PRESETS
+    assert faithful.fidelity_fg > 1.5 and faithful.guidance < creative.guidance and creative.fidelity_bg < 0.5
+    c.steps.setValue(17)
+    assert c.preset.currentText() == "Custom"
+
+
+# --------------------------------------------------------------------------- settings
+def test_settings_are_saved_and_come_back(
+    qtbot: Any, server: ServerProcess, tmp_path: Path, user_folders: Path
+) -> None:
+    job_file = make_job(tmp_path / "job", server.url, settings={})
+    first = open_dialog(qtbot, job_file)
+    c = first.controls
+    c.prompt.setText("a quiet valley")
+    c.scale_combo.setCurrentIndex(c.scale_combo.findData(4))
+    c.fidelity_fg.setValue(1.5)
+    c.fidelity_bg.setValue(0.5)
+    c.steps.setValue(12)
+    c.guidance.setValue(3.0)
+    c.seed.setValue(777)
+    c.seed_lock.setChecked(True)
+    c.tile.setValue(128)
+    c.noise.setValue(600)
+    c.negative_words.setText("fog")
+    c.output.setCurrentIndex(c.output.findData("image"))
+    c.advanced.set_open(True)
+    saved = first.values()
+    qtbot.keyClick(first, Qt.Key.Key_Escape)  # Esc closes (and remembers)
+    assert first.result() == QDialog.DialogCode.Rejected
+    stored = json.loads((user_folders / "dialog.json").read_text())
+    assert stored["upscale"]["prompt"] == "a quiet valley" and stored["upscale"]["negative_prompt"] == "fog"
+
+    second = open_dialog(qtbot, job_file)
+    assert second.values() == saved
+    assert second.controls.advanced.is_open and second.controls.tile.value() == 128
+    assert not Path(DialogJob.read(job_file).result).exists()
+
+    # The host's last values win where it gives them; the seed lock stays the user's.
+    host = {"prompt": "from GIMP", "seed": -1, "params": {"steps": 9, "negative_prompt": None, "seed": 42}}
+    third = open_dialog(qtbot, make_job(tmp_path / "job2", server.url, settings=host))
+    values = third.values()
+    assert (values.prompt, values.steps, values.seed, values.seed_locked) == ("from GIMP", 9, 42, True)
+    assert values.negative_prompt is None and values.fidelity_bg == 0.5  # not given: stored
+    # A 3× from the plug-in (its argument allows 1 to 4) is offered rather than dropped.
+    fourth = open_dialog(qtbot, make_job(tmp_path / "job3", server.url, settings={"scale": 3}))
+    assert items(fourth.controls.scale_combo) == [1, 2, 3, 4] and fourth.request().params["scale"] == 3.0
+
+
+def test_settings_file_survives_bad_content(user_folders: Path) -> None:
+    user_folders.mkdir(parents=True)
+    (user_folders / "dialog.json").write_text("{not json")
+    assert SettingsStore.open().load("upscale").steps == 20
+    bad = {"steps": "many", "scale": 5, "guidance": 4, "seed_locked": 1, "prompt": "ok"}
+    (user_folders / "dialog.json").write_text(json.dumps({"version": 1, "upscale": bad}))
+    loaded = SettingsStore.open().load("upscale")
+    kept = {k: getattr(loaded, k) for k in bad}
+    assert kept == {"steps": 20, "scale": 2, "guidance": 4.0, "seed_locked": False, "prompt": "ok"}
+    # The plug-in's argument names are understood too.
+    merged = merge_host(DialogSettings(), {"fidelity-fg": 1.2, "noise-level": 500, "tile": 0, "model": ""})
+    assert (merged.fidelity_fg, merged.added_noise_level, merged.tile, merged.model) == (1.2, 500, None, None)
+
+
+# --------------------------------------------------------------------------- preview
+def test_preview_runs_the_crop_and_shows_before_and_after(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    dialog = open_dialog(qtbot, make_job(tmp_path / "job", server.url, size=(144, 192)), crop=96)
+    c = dialog.controls
+    dialog.resize(1100, 760)
+    c.advanced.set_open(True)
+    # The crop starts on the selection (rows 36–107, columns 96–171) and follows a drag.
+    assert dialog.crop_view.crop == Rect(86, 24, 96, 96)
+    before = dialog.crop_view.crop_on_screen().center().toPoint()
+    qtbot.mousePress(dialog.crop_view, Qt.MouseButton.LeftButton, pos=before)
+    qtbot.mouseMove(dialog.crop_view, before - QPoint(400, 400))
+    qtbot.mouseRelease(dialog.crop_view, Qt.MouseButton.LeftButton, pos=before - QPoint(400, 400))
+    assert dialog.crop_view.crop == Rect(0, 0, 96, 96)  # dragged past the corner, kept inside
+    qtbot.keyClick(dialog.crop_view, Qt.Key.Key_Right)
+    for _ in range(5):
+        qtbot.keyClick(dialog.crop_view, Qt.Key.Key_Down)
+    assert dialog.crop_view.crop == Rect(8, 40, 96, 96)  # over the house
+    assert dialog.crop_label.text() == "Frame: 96 × 96 px at 8, 40"
+    assert dialog.split_view.before.width() == 192 and dialog.split_view.after.isNull()
+
+    qtbot.mouseClick(dialog.preview_button, Qt.MouseButton.LeftButton)
+    assert dialog.running and not dialog.apply_button.isEnabled() and not c.isEnabled()
+    qtbot.waitUntil(lambda: not dialog.running, timeout=60000)
+    assert dialog.banner.message == ""
+    after = dialog.split_view.after
+    assert (after.width(), after.height()) == (192, 192)
+    assert dialog.progress_label.text().startswith("Preview done")
+    job = server.client().job(dialog.job_id or "")
+    assert job.state == "succeeded" and job.params["seed"] == c.seed.value()
+    assert job.params == dialog.request().params  # the same request Apply sends
+    assert "image" not in dialog.uploads  # previews send only the crop
+    assert dialog.apply_button.isEnabled() and c.isEnabled()
+    dialog.split_view.set_split(0.45)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert dialog.grab().save(str(SCREENSHOT))
+    # Changing a knob marks the after picture as older; moving the crop clears it.
+    c.guidance.setValue(9.0)
+    assert dialog.split_view.labels == ("Before", "After (earlier settings)")
+    qtbot.keyClick(dialog.crop_view, Qt.Key.Key_Left)
+    assert dialog.split_view.after.isNull()
+
+
+# --------------------------------------------------------------------------- the run
+def test_full_run_shows_progress_and_writes_result_and_answer(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    job_file = make_job(tmp_path / "job", server.url, settings={"params": {**FAST, "steps": 6}})
+    dialog = open_dialog(qtbot, job_file)
+    c = dialog.controls
+    seen: list[Any] = []
+    labels: list[str] = []
+    dialog.progressed.connect(lambda job: (seen.append(job), labels.append(dialog.progress_label.text())))
+    c.prompt.setFocus()
+    with qtbot.waitSignal(dialog.finished, timeout=90000) as finished:
+        qtbot.keyClick(c.prompt, Qt.Key.Key_Return)  # Enter = Apply
+        assert dialog.running and not c.isEnabled()
+    assert finished.args == [QDialog.DialogCode.Accepted]
+
+    fractions = [job.progress.fraction for job in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(", step " in text and " of 6" in text for text in labels), labels
+    assert dialog.live_previews >= 1
+    job = DialogJob.read(job_file)
+    result = read_npy(job.result)
+    assert (result.width, result.height, result.channels, result.dtype) == (160, 128, 3, "uint8")
+    answer = DialogAnswer.read(job.answer)
+    assert answer.params == dialog.request().params | {"seed": answer.params["seed"]}
+    assert answer.params["steps"] == 6 and answer.job["seed"] == answer.params["seed"]
+    assert answer.options == {"output": "layer", "color_mode": "lch-color", "model": None}
+    assert answer.job["id"] == dialog.job_id and answer.job["model"] == "tiny-full"
+    # Upload once: the whole image and its mask went up once.
+    assert set(dialog.uploads) == {"image", "mask"}
+    assert server.client().job(answer.job["id"]).state == "succeeded"
+
+
+def test_cancel_stops_the_backend_job_and_leaves_nothing(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    job_file = make_job(tmp_path / "job", server.url, mask=False)
+    dialog = open_dialog(qtbot, job_file)
+    c = dialog.controls
+    c.steps.setValue(200)  # long enough to be caught running
+    c.process_size.setValue(512)
+    watcher = Client(server.url)
+    qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
+    job_id = dialog.job_id or ""
+    qtbot.waitUntil(lambda: watcher.job(job_id).progress.stage == "denoise", timeout=60000)
+    assert dialog.cancel_button.text() == "&Stop"
+    qtbot.mouseClick(dialog.cancel_button, Qt.MouseButton.LeftButton)  # stops the run, keeps the dialog
+    wait_for(lambda: watcher.job(job_id).state == "canceled", timeout=30)
+    qtbot.waitUntil(lambda: not dialog.running, timeout=30000)
+    assert dialog.isVisible() and c.isEnabled() and dialog.apply_button.isEnabled()
+    assert dialog.cancel_button.text() == "&Cancel"
+    assert watcher.job(job_id).progress.step < 200
+    job = DialogJob.read(job_file)
+    with qtbot.waitSignal(dialog.finished) as finished:
+        qtbot.keyClick(dialog, Qt.Key.Key_Escape)  # now Esc closes
+    assert finished.args == [QDialog.DialogCode.Rejected]
+    assert not Path(job.result).exists() and not Path(job.answer).exists()
+    assert sorted(p.name for p in Path(job.result).parent.iterdir()) == ["image.npy", "job.json"]
+
+
+def test_closing_the_window_during_a_run_cancels_it(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    job_file = make_job(
+        tmp_path / "job", server.url, settings={"params": {"steps": 200, "process_size": 512}}
+    )
+    dialog = open_dialog(qtbot, job_file)
+    watcher = Client(server.url)
+    qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
+    job_id = dialog.job_id or ""
+    with qtbot.waitSignal(dialog.finished, timeout=30000) as finished:
+        dialog.close()  # the window's close button: stop the job first, then close
+    assert finished.args == [QDialog.DialogCode.Rejected]
+    assert watcher.job(job_id).state == "canceled"
+    job = DialogJob.read(job_file)
+    assert not Path(job.result).exists() and not Path(job.answer).exists()
+
+
+def test_install_downloads_a_model_and_shows_its_progress(qtbot: Any, tmp_path: Path) -> None:
+    """Install… starts the backend's download (from a fake hub) and offers the model once it is in."""
+    from .fake_hub import FakeHub
+    from .test_download import make_repos
+
+    models = tmp_path / "models"
+    models.mkdir()
+    env = {"HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home")}
+    with (
+        FakeHub(make_repos(tmp_path)) as hub,
+        ServerProcess(models, tmp_path, env={**env, "HF_ENDPOINT": hub.url}) as running,
+    ):
+        dialog = open_dialog(qtbot, make_job(tmp_path / "job", running.url, mask=False))
+        c = dialog.controls
+        assert c.model_combo.itemText(0).startswith("No model installed")
+        assert "Install" in dialog.banner.message
+        offered = {action.data(): action for action in c.install_menu.actions()}
+        assert {"pasd", "pasd-light"} <= set(offered) and "pasd-color" not in offered  # this task's only
+        assert "GB" in offered["pasd"].text()
+        offered["pasd"].trigger()
+        assert c.download_bar.isVisibleTo(dialog) and not c.install_button.isEnabled()
+        qtbot.waitUntil(lambda: c.model_combo.findData("pasd") >= 0, timeout=120000)
+        assert c.model_combo.currentData() == "pasd"
+        assert not c.download_bar.isVisibleTo(dialog)
+        assert dialog.banner.message == "Installed the model pasd."
+        assert "pasd" not in {action.data() for action in c.install_menu.actions()}
+
+
+def test_backend_errors_show_in_plain_words(qtbot: Any, server: ServerProcess, tmp_path: Path) -> None:
+    dialog = open_dialog(qtbot, make_job(tmp_path / "job", server.url, mask=False))
+    c = dialog.controls
+    c.model_combo.addItem("gone", "no-such-model")  # e.g. a model removed since the list was made
+    c.model_combo.setCurrentIndex(c.model_combo.count() - 1)
+    qtbot.mouseClick(dialog.preview_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not dialog.running, timeout=30000)
+    message = dialog.banner.message
+    assert "no-such-model" in message and "Traceback" not in message
+    assert dialog.isVisible() and dialog.apply_button.isEnabled()
+
+
+# --------------------------------------------------------------------------- backend down
+def test_backend_down_shows_the_error_and_start_brings_it_up(
+    qtbot: Any, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    url = f"http://127.0.0.1:{free_port()}"
+    job_file = make_job(
+        tmp_path / "job", url, python=sys.executable, models=str(tiny_models["full"].parent), mask=False
+    )
+    dialog = open_dialog(qtbot, job_file, connected=False)
+    qtbot.waitUntil(lambda: dialog.status.state == "unreachable", timeout=15000)
+    assert f"Backend unreachable at {url}" in dialog.status.text.text()
+    assert dialog.status.start.isVisibleTo(dialog) and dialog.status.start.isEnabled()
+    assert str(tmp_path / "logs") in dialog.status.log.text()
+    assert not dialog.apply_button.isEnabled() and not dialog.preview_button.isEnabled()
+    try:
+        qtbot.mouseClick(dialog.status.start, Qt.MouseButton.LeftButton)
+        assert dialog.status.state == "starting" and "Starting the backend" in dialog.status.text.text()
+        qtbot.waitUntil(lambda: dialog.status.state == "connected", timeout=120000)
+        assert dialog.spawned is not None
+        assert dialog.status.text.text().startswith("Connected: CPU")
+        qtbot.waitUntil(lambda: dialog.models_loaded, timeout=30000)
+        assert dialog.apply_button.isEnabled()
+        assert Client(url).health().log_file == str(tmp_path / "logs" / f"server-{url.rsplit(':', 1)[1]}.log")
+    finally:
+        if dialog.spawned is not None:
+            dialog.spawned.terminate()
+            dialog.spawned.wait(30)
+
+
+# --------------------------------------------------------------------------- the entry point
+def test_entry_point_applies_in_a_subprocess(server: ServerProcess, tmp_path: Path) -> None:
+    job_file = make_job(tmp_path / "job", server.url)
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "GDU_CONFIG_DIR": str(tmp_path / "config")}
+    done = subprocess.run(
+        [sys.executable, "-m", "gui", "--job", str(job_file), "--press", "apply"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == DIALOG_EXIT_APPLIED, done.stderr
+    job = DialogJob.read(job_file)
+    result = read_npy(job.result)
+    assert (result.width, result.height) == (160, 128)
+    answer = DialogAnswer.read(job.answer)
+    assert answer.params["steps"] == 2 and answer.params["process_size"] == 256
+    assert (tmp_path / "config" / "dialog.json").exists()
+
+
+def test_entry_point_cancel_and_bad_usage(
+    qtbot: Any, server: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job_file = make_job(tmp_path / "job", server.url)
+    assert main(["--job", str(job_file), "--press", "cancel"]) == DIALOG_EXIT_CANCELED
+    assert sorted(p.name for p in job_file.parent.iterdir()) == ["image.npy", "job.json", "mask.npy"]
+    assert main([]) == 2
+    assert main(["--job", str(job_file), "picture.png"]) == 2
+    assert main(["--job", str(tmp_path / "missing.json")]) == 1
+    assert "Cannot read the job file" in capsys.readouterr().err
+    (job_file.parent / "image.npy").write_bytes(b"not an image")
+    assert main(["--job", str(job_file)]) == 1
+    assert "Cannot read the image" in capsys.readouterr().err
+
+
+def test_file_mode_writes_beside_the_input(
+    qtbot: Any, server: ServerProcess, tmp_path: Path, user_folders: Path
+) -> None:
+    from backend.image_io import read_image, write_image
+
+    source = tmp_path / "hills.png"
+    write_image(source, picture())
+    mask = np.zeros((64, 80), np.uint8)
+    mask[10:30, 10:30] = 255
+    write_image(tmp_path / "selection.png", mask)
+    store = SettingsStore.open()
+    store.put("upscale", DialogSettings(steps=2, process_size=256, scale=4))  # last time's settings
+    store.save()
+    code = main(
+        [str(source), "--mask", str(tmp_path / "selection.png"), "--server", server.url, "--press", "apply"]
+    )
+    assert code == DIALOG_EXIT_APPLIED
+    written = read_image(tmp_path / "hills-upscaled-4x.png")
+    assert written.shape == (256, 320, 3) and written.dtype == np.uint8
+    # -o refuses to overwrite unless told to.
+    assert main([str(source), "-o", str(tmp_path / "hills-upscaled-4x.png")]) == 2
+
+
+def test_the_dialog_does_not_import_torch() -> None:
+    """The dialog starts fast: its import path (client, params, settings, Qt) stays clear of torch."""
+    code = "import sys, gui.app; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    helped = subprocess.run([sys.executable, "-m", "gui", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert helped.returncode == 0 and "--job FILE" in helped.stdout
