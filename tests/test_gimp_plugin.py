@@ -342,3 +342,26 @@ def test_dialog_job_and_answer_map_to_the_procedure(tmp_path: Path) -> None:
     outcome = core.Outcome.from_answer(answer)
     record = json.loads(core.run_record(settings, outcome, R(1, 2, 3, 4)))
     assert record["seed"] == 77 and record["job"] == "abc" and record["region"] == [1, 2, 3, 4]
+
+
+def test_the_plugin_runs_the_real_dialog_and_reads_its_answer(
+    backend: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plug-in's side of the dialog contract with the real ``python -m gui`` (Apply pressed for us)."""
+    from .service_server import ROOT
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    monkeypatch.setenv("GDU_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.chdir(ROOT)
+    start = core.RunSettings.from_values("upscale", {"scale": 2, "steps": 2, "process-size": 256, "seed": 3})
+    settings = core.BackendSettings(url=backend.url, python=sys.executable)
+    job = core.dialog_job("upscale", tmp_path, settings, start, "test.png", has_mask=False)
+    pixels = bytes(range(256)) * (24 * 32 * 3 // 256)
+    core.client.write_npy(job.image, core.client.RawImage(32, 24, 3, "uint8", pixels))
+    answer = core.run_dialog(settings, job, tmp_path / "job.json", extra_args=("--press", "apply"))
+    assert answer is not None
+    result = core.client.read_npy(job.result)
+    assert (result.width, result.height, result.channels) == (64, 48, 3)
+    applied = core.settings_from_answer("upscale", answer, start)
+    assert applied.scale == 2 and applied.get("steps") == 2 and answer.options["output"] in ("layer", "image")
+    assert core.Outcome.from_answer(answer).seed is not None

@@ -326,7 +326,9 @@ def dialog_job(task: str, folder: Path, backend: BackendSettings, settings: RunS
     )
 
 
-def run_dialog(backend: BackendSettings, job: client.DialogJob, job_file: Path) -> client.DialogAnswer | None:
+def run_dialog(
+    backend: BackendSettings, job: client.DialogJob, job_file: Path, extra_args: tuple[str, ...] = ()
+) -> client.DialogAnswer | None:
     """Run ``python -m gui --job FILE`` with the backend environment's Python and wait for it.
 
     Returns the answer on Apply, None on Cancel; PluginError when the dialog cannot run (the
@@ -340,7 +342,7 @@ def run_dialog(backend: BackendSettings, job: client.DialogJob, job_file: Path) 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
     try:
         done = subprocess.run(
-            [backend.python, "-m", "gui", "--job", str(job_file)],
+            [backend.python, "-m", "gui", "--job", str(job_file), *extra_args],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=env,
