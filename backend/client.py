@@ -230,6 +230,42 @@ def _build(cls: Any, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+# --------------------------------------------------------------------------- progress wording
+STAGE_NAMES = {
+    "queued": "waiting in the queue",
+    "load": "loading the model",
+    "prescale": "pre-scaling",
+    "describe": "describing the picture",
+    "encode": "encoding",
+    "denoise": "denoising",
+    "decode": "decoding",
+    "finish": "finishing",
+    "done": "done",
+}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes} min {seconds} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def progress_text(job: JobInfo, what: str) -> str:
+    """'Diffusion upscale: denoising, step 5 of 20, about 12 s left', for every host's progress line."""
+    if job.state == "queued":
+        position = f" (position {job.queue_position})" if job.queue_position else ""
+        return f"{what}: waiting in the queue{position}"
+    p = job.progress
+    text = f"{what}: {STAGE_NAMES.get(p.stage, p.stage)}"
+    if p.total > 1:
+        text += f", step {p.step} of {p.total}"
+    if job.state == "running" and p.eta_seconds is not None and p.eta_seconds >= 1:
+        text += f", about {format_duration(p.eta_seconds)} left"
+    return text
+
+
 # --------------------------------------------------------------------------- client
 @dataclass
 class _Response:

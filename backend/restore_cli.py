@@ -16,19 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from .client import STAGE_NAMES
+
 if TYPE_CHECKING:
     from .pipelines.params import RestoreParams
-
-STAGE_NAMES = {
-    "load": "loading model",
-    "prescale": "pre-scaling",
-    "describe": "describing",
-    "encode": "encoding",
-    "denoise": "denoising",
-    "decode": "decoding",
-    "finish": "finishing",
-    "done": "done",
-}
 
 
 def add_restore_parsers(sub: argparse._SubParsersAction) -> None:

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from backend import paths
 from backend.client import (
+    STAGE_NAMES,
     ApiError,
     AuthError,
     Client,
@@ -46,7 +47,9 @@ from backend.client import (
     RawImage,
     ServerUnreachable,
     ensure_server,
+    format_duration,
     is_loopback,
+    progress_text,
 )
 from backend.pipelines.params import (
     ParamsError,
@@ -67,17 +70,8 @@ from .workers import Call, DownloadRun, JobRun, JobSpec, Upload, Workers
 
 PREVIEW_SIDE = 256  # input pixels of the preview crop: quick, yet enough to judge texture
 THUMBNAIL_SIDE = 1024  # the image is shown at most this large (the screen needs no more)
-STAGES = {
-    "queued": "waiting in the queue",
-    "load": "loading the model",
-    "prescale": "pre-scaling",
-    "describe": "describing the picture",
-    "encode": "encoding",
-    "denoise": "denoising",
-    "decode": "decoding",
-    "finish": "finishing",
-    "done": "done",
-    # client-side steps, before and after the server's own
+STAGES = {  # the server's stages, and the client-side steps before and after them
+    **STAGE_NAMES,
     "upload": "sending the image",
     "submit": "starting",
     "fetch": "receiving the result",
@@ -103,28 +97,6 @@ class DialogInput:
     task_fixed: bool = True
     # Writes the result (and the answer); runs in a worker thread, before the dialog closes.
     deliver: Deliver | None = None
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    return f"{minutes} min {seconds} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
-
-
-def progress_text(job: JobInfo, what: str) -> str:
-    """'Preview: denoising, step 5 of 20, about 12 s left' from a job's state."""
-    if job.state == "queued":
-        position = f" (position {job.queue_position})" if job.queue_position else ""
-        return f"{what}: waiting in the queue{position}"
-    p = job.progress
-    text = f"{what}: {STAGES.get(p.stage, p.stage)}"
-    if p.total > 1:
-        text += f", step {p.step} of {p.total}"
-    if job.state == "running" and p.eta_seconds is not None and p.eta_seconds >= 1:
-        text += f", about {format_duration(p.eta_seconds)} left"
-    return text
 
 
 def explain(exc: BaseException) -> str:

@@ -89,7 +89,7 @@ def test_names_and_progress_text() -> None:
         id="x", state="running", task="upscale", model=None,
         progress=core.client.Progress(stage="denoise", step=5, total=20, fraction=0.4, eta_seconds=12.0),
     )  # fmt: skip
-    assert core.progress_text("upscale", job) == "Diffusion upscale: denoising 5/20, about 12 s left"
+    assert core.progress_text("upscale", job) == "Diffusion upscale: denoising, step 5 of 20, about 12 s left"
 
 
 # --------------------------------------------------------------------------- in a real GIMP 3

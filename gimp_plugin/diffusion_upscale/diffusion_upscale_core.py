@@ -359,31 +359,8 @@ def run_dialog(
     return client.DialogAnswer.read(job.answer)
 
 
-STAGES = {
-    "queued": "waiting in the queue",
-    "load": "loading the model",
-    "prescale": "pre-scaling",
-    "describe": "describing the picture",
-    "encode": "encoding",
-    "denoise": "denoising",
-    "decode": "decoding",
-    "finish": "finishing",
-    "done": "done",
-}
-
-
 def progress_text(task: str, job: client.JobInfo) -> str:
-    p = job.progress
-    what = "Diffusion upscale" if task == "upscale" else "Diffusion colorize"
-    if job.state == "queued":
-        position = f" (position {job.queue_position})" if job.queue_position else ""
-        return f"{what}: waiting in the queue{position}"
-    text = f"{what}: {STAGES.get(p.stage, p.stage)}"
-    if p.total > 1:
-        text += f" {p.step}/{p.total}"
-    if p.eta_seconds is not None and p.eta_seconds > 1:
-        text += f", about {p.eta_seconds:.0f} s left"
-    return text
+    return client.progress_text(job, "Diffusion upscale" if task == "upscale" else "Diffusion colorize")
 
 
 # --------------------------------------------------------------------------- settings
