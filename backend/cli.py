@@ -98,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
     p.set_defaults(func=_cmd_inspect)
 
+    from .doctor import add_doctor_parser
     from .restore_cli import add_restore_parsers
     from .service.server import add_service_parsers
 
     add_restore_parsers(sub)
     add_service_parsers(sub)
+    add_doctor_parser(sub)
     return parser
 
 

@@ -114,16 +114,20 @@ class Gimp:
         """``path`` as GIMP sees it."""
         return "/" + str(path.relative_to(self.root)) if self.root else str(path)
 
-    def run_script(self, script: str, work: Path, env: dict[str, str], timeout: float = 600) -> dict:
+    def run_script(
+        self, script: str, work: Path, env: dict[str, str], timeout: float = 600, profile: Path | None = None
+    ) -> dict:
         """Run ``script`` in GIMP's batch Python with our plug-in installed; returns what it saved
-        with ``save(dict)``; raises with GIMP's output when it saved nothing."""
-        plug_ins = work / "plug-ins"
-        install_plugin_files(plug_ins)
-        profile = work / "profile"
-        profile.mkdir(exist_ok=True)
-        (profile / "gimprc").write_text(
-            f'(plug-in-path "{self.inside(plug_ins)}:${{gimp_plug_in_dir}}/plug-ins")\n'
-        )
+        with ``save(dict)``; raises with GIMP's output when it saved nothing. With ``profile`` (a
+        folder inside ``work``), GIMP runs on that profile as it is: nothing is installed here."""
+        if profile is None:
+            plug_ins = work / "plug-ins"
+            install_plugin_files(plug_ins)
+            profile = work / "profile"
+            profile.mkdir(exist_ok=True)
+            (profile / "gimprc").write_text(
+                f'(plug-in-path "{self.inside(plug_ins)}:${{gimp_plug_in_dir}}/plug-ins")\n'
+            )
         out = work / "result.json"
         prelude = textwrap.dedent(
             f"""
