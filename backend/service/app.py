@@ -301,6 +301,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
     @app.get(f"{v}/models", response_model=schemas.ModelList, tags=["models"])
     def list_models() -> schemas.ModelList:
         root = s.config.resolved_models_dir()
+        defaults = {task: _default_model(s, task) for task in DEFAULT_MODEL_FOR_TASK}
         installed = []
         for model in installed_models(root):
             m = model.manifest
@@ -311,9 +312,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
                     variant=m.variant,
                     licence=m.licence,
                     description=m.description,
-                    default_for=[
-                        t for t in DEFAULT_MODEL_FOR_TASK if _default_model(s, t) == model.root.name
-                    ],
+                    default_for=[task for task, name in defaults.items() if name == model.root.name],
                 )
             )
         downloadable = [
