@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
+import hmac
 import http.client
 import ipaddress
 import json
 import os
+import secrets
+import ssl
 import struct
 import subprocess
 import sys
@@ -29,6 +33,8 @@ from typing import Any
 
 API = "/v1"
 EXIT_ALREADY_RUNNING = 3  # `python -m backend serve` when the port already has our server
+APP_NAME = "gimp-diffusion-upscale"
+SECRET_FILE = "server-secret"
 
 
 # --------------------------------------------------------------------------- errors
@@ -38,6 +44,10 @@ class ClientError(Exception):
 
 class ServerUnreachable(ClientError):
     """Nothing answers at the address (not started, wrong address, firewall)."""
+
+
+class NotOurServer(ClientError):
+    """Something answers at the address but could not prove it is the user's backend; nothing was sent."""
 
 
 class ServerStartError(ClientError):
@@ -148,14 +158,18 @@ class RawImage:
 # --------------------------------------------------------------------------- values
 @dataclass(frozen=True)
 class Health:
-    version: str
     api: str
-    device: str
-    dtype: str
-    loaded_model: str | None
-    memory: dict[str, Any]
-    queue: dict[str, Any]
-    log_file: str | None
+    status: str = "ok"
+    version: str | None = None  # the rest only for callers with the token (or when none is set)
+    device: str | None = None
+    dtype: str | None = None
+    loaded_model: str | None = None
+    memory: dict[str, Any] | None = None
+    queue: dict[str, Any] | None = None
+    log_file: str | None = None
+    disk_free_bytes: int | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Health:
@@ -278,9 +292,23 @@ class _Response:
 
 
 class Client:
-    """A connection to one server; every method is one request (thread-safe: no shared socket)."""
+    """A connection to one server; every method is one request (thread-safe: no shared socket).
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0) -> None:
+    Before the first request that carries anything (the token, pixels, parameters), the server must
+    prove it holds the token, or on this machine without one, the user's secret (``secret_file``):
+    another user's or another program's listener on the port gets nothing (:class:`NotOurServer`).
+    ``cafile`` names the certificate(s) to trust for an https server with its own certificate.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 60.0,
+        secret_file: str | os.PathLike[str] | None = None,
+        cafile: str | os.PathLike[str] | None = None,
+        verify: bool = True,
+    ) -> None:
         parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientError(f"{url!r} is not a server address like http://127.0.0.1:7861")
@@ -290,6 +318,11 @@ class Client:
         self.https = parts.scheme == "https"
         self.token = token if token is not None else os.environ.get("DIFFUSION_UPSCALE_TOKEN") or None
         self.timeout = timeout
+        self.secret_file = Path(secret_file) if secret_file else default_secret_file()
+        cafile = cafile or os.environ.get("DIFFUSION_UPSCALE_CA") or None
+        self.ssl_context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        self.verify = verify
+        self._verified = False
         self.spawned: subprocess.Popen[bytes] | None = None  # set by ensure_server when it started one
 
     # ------------------------------------------------------------------ transport
@@ -302,23 +335,51 @@ class Client:
         length: int | None = None,
         timeout: float | None = None,
     ) -> _Response:
+        if self.verify and not self._verified:
+            self.verify_server()
+        return self._send(method, path, body, content_type, length, timeout, credentials=True)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterable[bytes | memoryview] | None = None,
+        content_type: str | None = None,
+        length: int | None = None,
+        timeout: float | None = None,
+        credentials: bool = True,
+    ) -> _Response:
         headers = {"Accept": "application/json"}
-        if self.token:
+        if self.token and credentials:
             headers["Authorization"] = f"Bearer {self.token}"
+        if method in ("POST", "PUT", "PATCH") and not content_type:
+            content_type = "application/json"  # the server refuses state changes of other types
         if content_type:
             headers["Content-Type"] = content_type
         if length is not None:
             headers["Content-Length"] = str(length)
         elif body is None and method in ("POST", "PUT"):
             headers["Content-Length"] = "0"
-        kind = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-        conn = kind(self.host, self.port, timeout=timeout or self.timeout)
+        conn: http.client.HTTPConnection
+        if self.https:
+            conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=timeout or self.timeout, context=self.ssl_context
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
         try:
             try:
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
                 payload = _read_all(response)
+            except ssl.SSLError as exc:
+                self._verified = False
+                raise ServerUnreachable(
+                    f"The secure connection to {self.url} failed ({exc.reason or exc}). If the server uses "
+                    "its own certificate, give that certificate file to the client (DIFFUSION_UPSCALE_CA)."
+                ) from exc
             except (ConnectionError, TimeoutError, OSError, http.client.HTTPException) as exc:
+                self._verified = False  # whoever answers next time must prove itself again
                 raise ServerUnreachable(
                     f"The backend at {self.url} does not answer ({type(exc).__name__}: {exc}). "
                     "Start it with `python -m backend serve`, or check the address."
@@ -340,8 +401,64 @@ class Client:
         return self.request(method, path, body, ctype, None if body is None else len(body)).json()
 
     # ------------------------------------------------------------------ server
+    def proof_keys(self) -> tuple[list[bytes], str]:
+        """Keys a server of ours can prove it holds (the token, the user's secret), and their names."""
+        keys, names = [], []
+        if self.token:
+            keys.append(self.token.encode())
+            names.append("your access token")
+        try:
+            secret = self.secret_file.read_bytes().strip()
+        except OSError:
+            secret = b""
+        if secret:
+            keys.append(secret)
+        names.append(f"your per-user key ({self.secret_file})")
+        return keys, " or ".join(names)
+
+    def verify_server(self) -> Health:
+        """Challenge the server (sending no token and nothing of the user's) to prove it holds a key."""
+        keys, what = self.proof_keys()
+        if not keys and not is_loopback(self.host):
+            # A remote server without our token answers 401 to everything anyway; nothing to protect.
+            self._verified = True
+            return self._health(credentials=False)
+        challenge = secrets.token_hex(16)
+        hint = (
+            " If the token changed, copy the current one (`python -m backend token` on the server machine)."
+            if self.token
+            else ""
+        )
+        stranger = NotOurServer(
+            f"The program answering at {self.url} is not your GIMP Diffusion Upscale backend: it could not "
+            f"prove that it holds {what}. Nothing was sent to it. It may be another user's backend or "
+            f"another program using port {self.port}: stop it, or set another port in the plug-in's "
+            f"settings (DIFFUSION_UPSCALE_URL).{hint}"
+        )
+        try:
+            response = self._send("GET", f"{API}/health?challenge={challenge}", credentials=False)
+            data = response.json()
+            proofs = [str(p) for p in data.get("proofs") or []]
+        except ServerUnreachable:
+            raise
+        except (ClientError, ValueError, AttributeError, TypeError) as exc:
+            raise stranger from exc
+        expected = [health_proof(key, challenge) for key in keys]
+        if not any(hmac.compare_digest(p, e) for p in proofs for e in expected):
+            raise stranger
+        self._verified = True
+        return Health.from_json(data)
+
+    def _health(self, credentials: bool = True) -> Health:
+        return Health.from_json(self._send("GET", f"{API}/health", credentials=credentials).json())
+
     def health(self) -> Health:
-        return Health.from_json(self._json("GET", f"{API}/health"))
+        """The server's state (verified first; details need the token where the server has one)."""
+        if self.verify and not self._verified:
+            answer = self.verify_server()
+            if answer.version is not None:
+                return answer
+        return self._health()
 
     def models(self) -> dict[str, list[dict[str, Any]]]:
         """``{"installed": [...], "downloadable": [...]}`` as the server lists them."""
@@ -561,6 +678,56 @@ def write_npy(path: str | os.PathLike[str], image: RawImage) -> None:
 
 
 # --------------------------------------------------------------------------- starting a server
+def health_proof(key: bytes, challenge: str) -> str:
+    """HMAC-SHA256 of the challenge under ``key``: what only the real server can answer."""
+    return hmac.new(key, b"gdu-health-v1:" + challenge.lower().encode(), hashlib.sha256).hexdigest()
+
+
+def default_config_dir() -> Path:
+    """The per-user config folder, computed as ``backend.paths.config_dir`` (platformdirs) does."""
+    override = os.environ.get("GDU_CONFIG_DIR")
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / APP_NAME
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP_NAME
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    return Path(base).expanduser() / APP_NAME if base else Path.home() / ".config" / APP_NAME
+
+
+def default_secret_file() -> Path:
+    """Where the user's server secret lives (``GDU_SECRET_FILE`` overrides; shared by server and clients)."""
+    override = os.environ.get("GDU_SECRET_FILE")
+    return Path(override).expanduser() if override else default_config_dir() / SECRET_FILE
+
+
+def load_or_create_secret(path: str | os.PathLike[str] | None = None) -> bytes:
+    """The user's secret, made once: readable by the user only from the moment it exists."""
+    path = Path(path) if path else default_secret_file()
+    with contextlib.suppress(OSError):
+        existing = path.read_bytes().strip()
+        if existing:
+            return existing
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_hex(32).encode()
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(value + b"\n")
+        try:
+            os.link(tmp, path)  # never replaces a secret another process made meanwhile
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -590,7 +757,7 @@ def ensure_server(
         client.health()
         return client
     except ServerUnreachable:
-        pass
+        pass  # NotOurServer goes up: the port is taken by a stranger, starting one here cannot help
     if not is_loopback(client.host):
         raise ServerUnreachable(
             f"The backend at {client.url} does not answer, and it is not on this machine, so it cannot be "

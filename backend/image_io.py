@@ -22,6 +22,8 @@ renamed over it only once complete, so a failed write never leaves a half-writte
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import secrets
 import struct
@@ -58,17 +60,30 @@ class ImageInputError(ValueError):
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as H×W×C (C in 1..4), uint8 / uint16 as stored, or float32 for float data."""
+def read_image(path: str | os.PathLike[str], budget: DecodeBudget | None = None) -> np.ndarray:
+    """Read an image file as H×W×C (C in 1..4), uint8 / uint16 as stored, or float32 for float data.
+
+    With a ``budget`` the file's header is checked against it first, so an image too large for it (or a
+    decompression bomb) is refused before a single pixel is decoded.
+    """
     path = Path(path)
     kind = _sniff(path)
+    if budget is not None:
+        budget.check(probe_image(path), path.stat().st_size, path)
+    # A failure must not keep the decoded pixels alive: the traceback of an error raised inside the
+    # decoders holds their frames, and those hold the arrays (gigabytes for a large scan) for as long as
+    # anyone keeps the error. So only the message and type leave the except blocks; the error raised
+    # below is new, with no chain and a traceback that starts here.
+    error: type[Exception] = ImageInputError
     try:
-        array = _READERS[kind](path)
-    except (ImageInputError, MemoryError):
-        raise
+        return _normalise(_READERS[kind](path), path, kind)
+    except ImageInputError as exc:
+        error, message = type(exc), str(exc)
+    except MemoryError as exc:
+        error, message = MemoryError, str(exc) or f"Out of memory decoding the {kind} file {path}."
     except Exception as exc:
-        raise ImageInputError(f"Could not decode the {kind} file {path}: {exc}") from exc
-    return _normalise(array, path, kind)
+        message = f"Could not decode the {kind} file {path}: {exc}"
+    raise error(message)
 
 
 def read_mask(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarray:
@@ -101,41 +116,239 @@ def mask_from_pixels(array: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImageHeader:
+    """What a file decodes to, from its header alone, so that limits apply before any pixel is decoded."""
+
     kind: str  # PNG, TIFF, JPEG, WebP or NPY
     height: int
     width: int
+    channels: int  # of the array read_image returns (1 to 4)
+    dtype: str  # of the samples the decoder produces: bool, uint8, uint16 or float16/32/64
+    # What decoding holds at once: the decoder's output (Pillow keeps every multi-channel 8-bit image
+    # at 4 bytes a pixel, a CMYK JPEG included); for a palette TIFF, the indices and their 16-bit RGB.
+    decoded_bytes: int
+    segment_bytes: int = 0  # TIFF: its largest strip or tile, decoded (0 for the other formats)
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes per sample of the decoder's array."""
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the array read_image returns (floats become float32, so float16 grows)."""
+        sample = 4 if np.dtype(self.dtype).kind == "f" else self.sample_bytes
+        return self.height * self.width * self.channels * sample
+
+
+class DecodeBudgetError(ImageInputError):
+    """An image that would take more memory to decode than allowed, or that looks like a decompression
+    bomb; refused from its header, before decoding."""
+
+
+@dataclass(frozen=True)
+class DecodeBudget:
+    """How much one image may decode to: at most ``max_bytes``, and at most ``max_ratio`` times the
+    file's own size once past ``floor`` (a few kilobytes of zlib can declare gigabytes of pixels)."""
+
+    max_bytes: int
+    max_ratio: float
+    floor: int = 64 * 2**20
+    who: str = "this server"  # named in the messages: "this server decodes at most ..."
+
+    def check(self, header: ImageHeader, file_bytes: int, path: str | os.PathLike[str]) -> None:
+        """Raise :class:`DecodeBudgetError` in plain words if decoding ``header``'s image is over budget."""
+        if header.segment_bytes > self.max_bytes:
+            raise DecodeBudgetError(
+                f"The image file {path} has a TIFF strip or tile that alone would take "
+                f"{format_bytes(header.segment_bytes)} of memory to decode; {self.who} decodes at most "
+                f"{format_bytes(self.max_bytes)} per image."
+            )
+        needed = max(header.decoded_bytes, header.stored_bytes)
+        what = (
+            f"a {header.width}×{header.height} {header.kind} image with {header.channels} channel"
+            f"{'s' if header.channels != 1 else ''} of {header.dtype}"
+        )
+        if needed > self.max_bytes:
+            raise DecodeBudgetError(
+                f"The image file {path} is {what} and would take {format_bytes(needed)} of memory to "
+                f"decode; {self.who} decodes at most {format_bytes(self.max_bytes)} per image. Send a "
+                "smaller image, or one with fewer channels or bits per channel."
+            )
+        if needed > max(self.floor, self.max_ratio * file_bytes):
+            raise DecodeBudgetError(
+                f"The image file {path} is {what}: {format_bytes(file_bytes)} that would decode to "
+                f"{format_bytes(needed)}, {needed / max(file_bytes, 1):.0f} times its size. Files that "
+                f"expand more than {self.max_ratio:g} times (beyond the first {format_bytes(self.floor)}) "
+                "are refused as likely decompression bombs; if this is a real image, send it "
+                "uncompressed (.npy or uncompressed TIFF)."
+            )
+
+
+def format_bytes(count: float) -> str:
+    """A byte count in words: 3.2 GB, 800 MB, 17 KB (decimal units, as disks and limits are quoted)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.1f} {unit}" if value < 9.95 else f"{value:.0f} {unit}"
+    return f"{count:.0f} bytes"
 
 
 def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
-    """Format and size from the file's header only, so a size limit can be applied before decoding."""
+    """Format, size, channels and decoded size from the file's header only, never the pixel data, so
+    limits apply before decoding. Layouts read_image would refuse (more than 4 channels, unsupported
+    sample types, 3-D TIFFs, absurd strip or tile counts) are refused here already."""
     path = Path(path)
     kind = _sniff(path)
     try:
-        if kind == "PNG":
-            with path.open("rb") as fh:
-                head = fh.read(24)
-            if len(head) < 24 or head[12:16] != b"IHDR":
-                raise ImageInputError(f"The PNG file {path} is truncated or damaged (no image header).")
-            width, height = struct.unpack(">II", head[16:24])
-        elif kind == "TIFF":
-            with tifffile.TiffFile(path) as tif:
-                height, width = tif.pages[0].imagelength, tif.pages[0].imagewidth
-        elif kind == "NPY":
-            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-            if len(shape) not in (2, 3):
-                raise ImageInputError(
-                    f"The NPY file {path} holds an array of shape {shape}; expected height×width "
-                    "or height×width×channels."
-                )
-            height, width = shape[:2]
-        else:
-            with Image.open(path) as image:
-                width, height = image.size
+        return _PROBES[kind](path)
     except ImageInputError:
         raise
     except Exception as exc:
-        raise ImageInputError(f"Could not read the {kind} header of {path}: {exc}") from exc
-    return ImageHeader(kind, int(height), int(width))
+        message = f"Could not read the {kind} header of {path}: {exc}"
+    raise ImageInputError(message)
+
+
+def _probe_png(path: Path) -> ImageHeader:
+    with path.open("rb") as fh:
+        head = fh.read(33)  # signature, then the IHDR chunk: length, type, 13 bytes, CRC
+        if len(head) < 33 or head[8:16] != b"\x00\x00\x00\x0dIHDR":
+            raise ImageInputError(f"The PNG file {path} is truncated or damaged (no image header).")
+        width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+        if colour not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16):
+            raise ImageInputError(
+                f"The PNG file {path} is damaged: colour type {colour} with bit depth {depth} is not PNG."
+            )
+        channels = _PNG_CHANNELS[colour]
+        # libpng turns a tRNS chunk (before IDAT) into an alpha channel for grey, RGB and palette images.
+        if colour in (0, 2, 3) and _png_has_trns(fh):
+            channels += 1
+    dtype = "uint16" if depth == 16 else "uint8"
+    decoded = height * width * channels * (2 if depth == 16 else 1)
+    return ImageHeader("PNG", height, width, channels, dtype, decoded)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # colour type → channels decoded
+_PNG_MAX_CHUNKS = 1000  # ancillary chunks before IDAT: real files have a handful
+
+
+def _png_has_trns(fh: BinaryIO) -> bool:
+    """Whether a tRNS chunk comes before the image data (``fh`` is just past IHDR); seeks, never reads
+    chunk data. A file with implausibly many chunks counts as having one (the larger estimate)."""
+    for _ in range(_PNG_MAX_CHUNKS):
+        head = fh.read(8)
+        if len(head) < 8:
+            return False
+        length, name = struct.unpack(">I4s", head)
+        if name == b"tRNS":
+            return True
+        if name in (b"IDAT", b"IEND"):
+            return False
+        fh.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    return True
+
+
+# A TIFF split into more strips or tiles than this is not a real image (a 100-megapixel scan in 16×16
+# tiles has 0.4 million) and would keep the decoder busy for minutes on per-segment overhead.
+MAX_TIFF_SEGMENTS = 1 << 22
+_TIFF_PHOTOMETRICS = ("MINISBLACK", "MINISWHITE", "RGB", "PALETTE")
+
+
+def _probe_tiff(path: Path) -> ImageHeader:
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        if not isinstance(page, tifffile.TiffPage):
+            raise ImageInputError(f"The TIFF file {path} has no readable first page.")
+        height, width, samples = page.imagelength, page.imagewidth, page.samplesperpixel
+        if samples > 4:
+            raise ImageInputError(
+                f"The TIFF file {path} has {samples} channels (samples per pixel); supported are 1 to 4 "
+                "channels: grey, grey + alpha, RGB or RGBA."
+            )
+        if page.imagedepth > 1:
+            raise ImageInputError(f"The TIFF file {path} is a 3-D volume; only 2-D images are supported.")
+        dtype = page.dtype
+        if dtype is None or not _supported_samples(dtype):
+            raise ImageInputError(
+                f"The TIFF file {path} has {dtype or 'unknown'} pixels ({page.bitspersample} bits per "
+                "sample); supported are 8- and 16-bit integers and floats in [0, 1]."
+            )
+        photometric = tifffile.PHOTOMETRIC(page.photometric)
+        if photometric.name not in _TIFF_PHOTOMETRICS:
+            raise ImageInputError(
+                f"The TIFF file {path} uses the {photometric.name} colour model; only grey, RGB and "
+                "palette TIFFs are supported."
+            )
+        segments = len(page.dataoffsets)
+        expected = math.prod(page.chunked)
+        if segments > MAX_TIFF_SEGMENTS or segments > expected:
+            raise ImageInputError(
+                f"The TIFF file {path} is damaged: it lists {segments} strips or tiles for an image of "
+                f"{expected}, and at most {MAX_TIFF_SEGMENTS} are read."
+            )
+        decoded = math.prod(page.shape) * dtype.itemsize
+        segment = math.prod(page.chunks) * dtype.itemsize
+        channels = samples
+        if photometric.name == "PALETTE":
+            channels, dtype = 3, np.dtype(np.uint16)  # indices looked up in the 16-bit colour map
+            decoded += height * width * 3 * 2
+    return ImageHeader("TIFF", height, width, channels, dtype.name, decoded, segment)
+
+
+def _probe_pillow(path: Path, kind: str) -> ImageHeader:
+    with Image.open(path) as image:  # lazy: reads the header, decodes nothing
+        width, height, mode = image.width, image.height, image.mode
+        has_alpha = mode in ("PA", "La", "RGBa") or "transparency" in image.info
+        bands = len(image.getbands())
+    channels = {"1": 1, "L": 1, "LA": 2, "RGB": 3, "RGBA": 4}.get(mode, 4 if has_alpha else 3)
+    # Pillow stores one-band images at a byte a pixel and all others (RGB, CMYK, ...) at four.
+    decoded = height * width * (1 if bands == 1 else 4)
+    return ImageHeader(kind, height, width, channels, "uint8", decoded)
+
+
+def _probe_npy(path: Path) -> ImageHeader:
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:  # 3.0 only differs for structured types with non-Latin-1 field names: never pixels
+            raise ImageInputError(f"The NPY file {path} is format version {version}; expected 1.0 or 2.0.")
+        offset = fh.tell()
+    if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= 4):
+        raise ImageInputError(
+            f"The NPY file {path} holds an array of shape {shape}; expected height×width or "
+            "height×width×channels with 1 to 4 channels."
+        )
+    if dtype.hasobject or not _supported_samples(dtype):
+        raise ImageInputError(
+            f"The NPY file {path} has {dtype} pixels; supported are 8- and 16-bit unsigned integers, "
+            "booleans and floats in [0, 1]."
+        )
+    decoded = math.prod(shape) * dtype.itemsize
+    have = path.stat().st_size - offset
+    if have < decoded:
+        raise ImageInputError(
+            f"The NPY file {path} is truncated: its header declares a {'×'.join(map(str, shape))} "
+            f"{dtype.name} array ({format_bytes(decoded)}) but the file holds {format_bytes(have)} of data."
+        )
+    height, width = shape[:2]
+    channels = shape[2] if len(shape) == 3 else 1
+    return ImageHeader("NPY", int(height), int(width), int(channels), dtype.name, decoded)
+
+
+def _supported_samples(dtype: np.dtype) -> bool:
+    """Sample types read_image turns into its outputs: bool, uint8, uint16 and floats."""
+    return (dtype.kind, dtype.itemsize) in (("b", 1), ("u", 1), ("u", 2), ("f", 2), ("f", 4), ("f", 8))
+
+
+_PROBES: dict[str, Callable[[Path], ImageHeader]] = {
+    "PNG": _probe_png,
+    "TIFF": _probe_tiff,
+    "JPEG": functools.partial(_probe_pillow, kind="JPEG"),
+    "WebP": functools.partial(_probe_pillow, kind="WebP"),
+    "NPY": _probe_npy,
+}
 
 
 def _sniff(path: Path) -> str:
@@ -188,7 +401,7 @@ def _read_tiff(path: Path) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         _check_pixels(path, page.imagelength, page.imagewidth)
-        array = page.asarray()
+        array = page.asarray(maxworkers=1)  # one decode at a time: the peak is the array itself
         axes = page.axes
         photometric = tifffile.PHOTOMETRIC(page.photometric)
         colormap = page.colormap
@@ -271,7 +484,8 @@ def _normalise(array: np.ndarray, path: Path, kind: str) -> np.ndarray:
                 f"The {kind} file {path} has float pixels from {low:g} to {high:g}; float images must "
                 "be in [0, 1]."
             )
-        return np.clip(array, 0.0, 1.0)
+        # In place where possible: the array is the decoder's own, and a second copy doubles the peak.
+        return np.clip(array, 0.0, 1.0, out=array if array.flags.writeable else None)
     raise ImageInputError(
         f"The {kind} file {path} has {array.dtype} pixels; supported are 8- and 16-bit integers "
         "and floats in [0, 1]."

@@ -27,6 +27,19 @@ def run_backend(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One per-user server secret for every server and client of the run (tests move config folders)."""
+    path = tmp_path_factory.mktemp("secret") / "server-secret"
+    old = os.environ.get("GDU_SECRET_FILE")
+    os.environ["GDU_SECRET_FILE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("GDU_SECRET_FILE", None)
+    else:
+        os.environ["GDU_SECRET_FILE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One tiny model folder per variant (plus a full one with the RRDB ControlNet), official layout."""

@@ -7,7 +7,8 @@ becomes a 500 with the same shape and is logged, and the server goes on serving.
 from __future__ import annotations
 
 import logging
-import secrets
+import re
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,9 +21,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..client import health_proof
 from ..devices import free_memory
 from ..engine import Engine
 from ..models.loading import ModelLoadError
@@ -33,12 +35,12 @@ from ..pipelines.prescale import GAN_SUFFIXES
 from . import schemas
 from .config import API_VERSION, ServerConfig
 from .downloads import Downloads
-from .images import ImageStore, UnknownImage, UploadError
-from .jobs import JobQueue, QueueFull, UnknownJob
+from .guard import BodyTooLarge, RequestGuard
+from .images import CONTENT_TYPES, ImageStore, UnknownImage, UploadError
+from .jobs import JobQueue, QueueFull, StorageFull, UnknownJob, disk_full_message, is_disk_full
 
 log = logging.getLogger(__name__)
 
-JSON_LIMIT = 1 << 20  # bytes; a job request is a few hundred
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": schemas.Problem, "description": text}
     for code, text in {
@@ -47,9 +49,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         404: "unknown id",
         409: "not possible in the job's state",
         413: "too large",
+        403: "refused: a web page, or a host name this server does not answer to",
         415: "wrong content type",
         422: "invalid values",
         429: "queue full",
+        503: "the server cannot work (see its health)",
+        507: "the server's disk is full",
     }.items()
 }
 
@@ -66,123 +71,6 @@ class ApiError(Exception):
         self.status = status
         self.detail = detail
         self.headers = headers
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Refuse bodies over the limit before reading them (Content-Length) or while they stream,
-    and JSON endpoints' bodies of another content type (FastAPI would try to read them anyway)."""
-
-    def __init__(self, app: ASGIApp, upload_limit: int) -> None:
-        self.app = app
-        self.upload_limit = upload_limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        is_upload = scope["path"].rstrip("/") == f"/{API_VERSION}/images" and scope["method"] == "POST"
-        limit = self.upload_limit if is_upload else JSON_LIMIT
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if not is_upload and scope["method"] in ("POST", "PUT", "PATCH") and length not in (None, b"0"):
-            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-            if ctype != b"application/json":
-                # Read the (small) body first: answering before it is read would break a kept-alive
-                # connection; past the limit, the answer is 413 and the connection closes.
-                if await _drain(receive, limit):
-                    detail = f"Send JSON (Content-Type: application/json), not {ctype.decode() or 'nothing'}."
-                    await _send_problem(send, 415, detail, close=False)
-                else:
-                    await _send_problem(
-                        send, 413, f"The request body is larger than the limit of {_size(limit)}."
-                    )
-                return
-        if length is not None:
-            try:
-                too_big = int(length) > limit
-            except ValueError:
-                too_big = False
-            if too_big:
-                await _send_problem(
-                    send, 413, f"The request body is larger than the limit of {_size(limit)}."
-                )
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge(f"The request body is larger than the limit of {_size(limit)}.")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-class TokenAuth:
-    """With a token configured, every request must carry ``Authorization: Bearer <token>``."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):
-                await _send_problem(
-                    send,
-                    401,
-                    "This server needs an access token: send 'Authorization: Bearer <token>' with the "
-                    "token shown by `python -m backend token` on the server machine.",
-                    [(b"www-authenticate", b"Bearer")],
-                )
-                return
-        await self.app(scope, receive, send)
-
-
-async def _drain(receive: Receive, limit: int) -> bool:
-    """Read and drop a request body; False when it is longer than ``limit``."""
-    seen = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return True
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            return False
-        if not message.get("more_body", False):
-            return True
-
-
-async def _send_problem(
-    send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None, close: bool = True
-) -> None:
-    """An error answered before the app ran; ``close`` when the request body was left unread."""
-    body = schemas.Problem(detail=detail).model_dump_json().encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *([(b"connection", b"close")] if close else []),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 @dataclass
@@ -202,7 +90,12 @@ def create_app(config: ServerConfig, log_file: Path | None = None, engine: Engin
         models, config.device, config.dtype, offload={"auto": None, "on": True, "off": False}[config.offload]
     )
     images = ImageStore(
-        data / "images", int(config.max_megapixels * 1e6), config.max_upload_bytes, config.upload_ttl
+        data / "images",
+        int(config.max_megapixels * 1e6),
+        config.max_upload_bytes,
+        config.upload_ttl,
+        max_image_bytes=config.max_image_bytes,
+        max_compression_ratio=config.max_compression_ratio,
     )
     jobs = JobQueue(
         engine,
@@ -231,9 +124,7 @@ def create_app(config: ServerConfig, log_file: Path | None = None, engine: Engin
     app.state.services = services
     _install_error_handlers(app)
     _install_routes(app, services)
-    app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)
-    if config.token:
-        app.add_middleware(TokenAuth, token=config.token)
+    app.add_middleware(RequestGuard, config=config, upload_types=CONTENT_TYPES)
     return app
 
 
@@ -245,9 +136,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return problem(exc.status, exc.detail, exc.headers)
 
-    @app.exception_handler(_BodyTooLarge)
-    async def too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
         return problem(413, str(exc))
+
+    @app.exception_handler(StorageFull)
+    async def storage_full(request: Request, exc: StorageFull) -> JSONResponse:
+        return problem(507, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -268,6 +163,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):
+            log.warning("disk full on %s %s: %s", request.method, request.url.path, exc)
+            return problem(507, disk_full_message(request.app.state.services.config.resolved_data_dir()))
         log.exception("internal error on %s %s", request.method, request.url.path)
         return problem(500, f"Internal error ({type(exc).__name__}); see the server log.")
 
@@ -276,26 +174,35 @@ def _install_routes(app: FastAPI, s: Services) -> None:
     v = f"/{API_VERSION}"
 
     # ------------------------------------------------------------------ health
-    @app.get(f"{v}/health", response_model=schemas.Health, tags=["server"])
-    def health() -> schemas.Health:
-        vm = psutil.virtual_memory()
-        device_free = free_memory(s.engine.choice.device) if s.engine.choice.is_accelerator else None
-        queued, running = s.jobs.counts()
-        return schemas.Health(
-            version=__version__,
-            api=API_VERSION,
-            device=s.engine.choice.name,
-            dtype=str(s.engine.choice.dtype).removeprefix("torch."),
-            memory=schemas.MemoryInfo(
-                total_bytes=vm.total,
-                available_bytes=vm.available,
-                process_rss_bytes=psutil.Process().memory_info().rss,
-                device_free_bytes=device_free,
-            ),
-            loaded_model=s.engine.loaded_model,
-            queue=schemas.QueueInfo(queued=queued, running=running, limit=s.config.queue_size),
-            log_file=str(s.log_file) if s.log_file else None,
-        )
+    @app.get(
+        f"{v}/health",
+        response_model=schemas.Health,
+        response_model_exclude_none=True,
+        tags=["server"],
+        responses={503: {"model": schemas.Health, "description": "the server cannot work"}},
+    )
+    def health(
+        request: Request,
+        challenge: Annotated[
+            str | None,
+            Query(description="16–128 hexadecimal digits; the answer's proof lets a client check the server"),
+        ] = None,
+    ) -> Any:
+        """Alive or not; with the token (or without one configured) also device, memory, queue."""
+        proofs = None
+        if challenge is not None:
+            if not CHALLENGE.fullmatch(challenge):
+                raise ApiError(422, "challenge: send 16 to 128 hexadecimal digits.")
+            proofs = [health_proof(key, challenge) for key in s.config.proof_keys]
+        problems = s.jobs.problems()
+        status = "unhealthy" if problems else "ok"
+        if not getattr(request.state, "authenticated", True):
+            answer = schemas.Health(status=status, api=API_VERSION, proofs=proofs)
+        else:
+            answer = _full_health(s, status, proofs, problems)
+        if problems:
+            return JSONResponse(answer.model_dump(exclude_none=True), status_code=503)
+        return answer
 
     # ------------------------------------------------------------------ models
     @app.get(f"{v}/models", response_model=schemas.ModelList, tags=["models"])
@@ -368,12 +275,19 @@ def _install_routes(app: FastAPI, s: Services) -> None:
             }
         },
     )
-    async def upload_image(request: Request) -> schemas.ImageInfo:
+    async def upload_image(request: Request) -> Any:
         try:
             tmp = await s.images.receive(request.stream(), request.headers.get("content-type", ""))
             stored = await run_in_threadpool(s.images.ingest, tmp, request.headers.get("content-type", ""))
         except UploadError as exc:
             raise ApiError(exc.status, str(exc)) from None
+        except ClientDisconnect:
+            log.info("an upload was aborted by the client; nothing was kept")
+            return Response(status_code=400)  # nobody reads it
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            raise StorageFull(disk_full_message(s.config.resolved_data_dir())) from None
         return _image_info(stored)
 
     @app.get(f"{v}/images/{{image_id}}", response_model=schemas.ImageInfo, tags=["images"])
@@ -414,13 +328,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
                     f"The mask is {mask.width}×{mask.height} pixels but the image is "
                     f"{image.width}×{image.height}; the mask must have the image's size.",
                 )
-        out_pixels = round(image.height * params.scale) * round(image.width * params.scale)
-        if out_pixels > s.config.max_output_megapixels * 1e6:
-            raise ApiError(
-                413,
-                f"The result would have {out_pixels / 1e6:.1f} megapixels; this server makes at most "
-                f"{s.config.max_output_megapixels:g}. Use a smaller scale or a part of the image.",
-            )
+        _check_work(s, image.height, image.width, params)
         _check_model(s, request.model, params.task)
         params = _check_prescaler(s, params)
         try:
@@ -488,11 +396,82 @@ def _install_routes(app: FastAPI, s: Services) -> None:
         return PixelFileResponse(path, media_type=media, filename=f"{job_id}.{format}")
 
 
+CHALLENGE = re.compile(r"[0-9a-fA-F]{16,128}")
+LOW_DISK = 512 * 2**20  # bytes free below which health warns
+
+
+def _full_health(s: Services, status: str, proofs: list[str] | None, problems: list[str]) -> schemas.Health:
+    vm = psutil.virtual_memory()
+    device_free = free_memory(s.engine.choice.device) if s.engine.choice.is_accelerator else None
+    queued, running = s.jobs.counts()
+    data = s.config.resolved_data_dir()
+    warnings = []
+    try:
+        disk_free: int | None = shutil.disk_usage(data).free
+    except OSError:
+        disk_free = None
+    if disk_free is not None and disk_free < LOW_DISK:
+        warnings.append(
+            f"Only {disk_free / 2**20:.0f} MiB are free on the disk of {data}; uploads and results "
+            "will fail when it is full."
+        )
+    return schemas.Health(
+        status=status,
+        api=API_VERSION,
+        proofs=proofs,
+        version=__version__,
+        device=s.engine.choice.name,
+        dtype=str(s.engine.choice.dtype).removeprefix("torch."),
+        memory=schemas.MemoryInfo(
+            total_bytes=vm.total,
+            available_bytes=vm.available,
+            process_rss_bytes=psutil.Process().memory_info().rss,
+            device_free_bytes=device_free,
+        ),
+        loaded_model=s.engine.loaded_model,
+        queue=schemas.QueueInfo(queued=queued, running=running, limit=s.config.queue_size),
+        log_file=str(s.log_file) if s.log_file else None,
+        disk_free_bytes=disk_free,
+        problems=problems,
+        warnings=warnings,
+    )
+
+
 def _default_model(s: Services, task: str) -> str | None:
     try:
         return s.engine.find_model(None, task).root.name
     except Exception:
         return None
+
+
+def _check_work(s: Services, height: int, width: int, params: RestoreParams) -> None:
+    """Refuse work out of proportion before it is queued: extreme strips, results or process sizes."""
+    ratio = max(height, width) / max(1, min(height, width))
+    if ratio > s.config.max_aspect_ratio:
+        raise ApiError(
+            422,
+            f"The image is {width}×{height} pixels: its long side is {ratio:.0f} times its short side, "
+            f"and this server takes at most {s.config.max_aspect_ratio:g}:1 (the diffusion needs a short "
+            "side of some size, so a thin strip would cost as much as a huge image). Process a wider "
+            "part of the image, or the strip in pieces.",
+        )
+    limit = s.config.max_output_megapixels * 1e6
+    out_pixels = round(height * params.scale) * round(width * params.scale)
+    if out_pixels > limit:
+        raise ApiError(
+            413,
+            f"The result would have {out_pixels / 1e6:.1f} megapixels; this server makes at most "
+            f"{s.config.max_output_megapixels:g}. Use a smaller scale or a part of the image.",
+        )
+    plan = s.engine.plan(height, width, params, None)
+    ph, pw = plan.process_size
+    if ph * pw > limit:
+        raise ApiError(
+            413,
+            f"This job would run the diffusion at {pw}×{ph} pixels ({ph * pw / 1e6:.0f} megapixels), "
+            f"more than this server's limit of {s.config.max_output_megapixels:g}; use a smaller "
+            "process size or a part of the image.",
+        )
 
 
 def _check_model(s: Services, model: str | None, task: str) -> None:

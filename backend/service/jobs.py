@@ -10,6 +10,7 @@ and nothing else would ever tell the server.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -55,6 +56,31 @@ class RestoreEngine(Protocol):
 
 class QueueFull(RuntimeError):
     pass
+
+
+class StorageFull(RuntimeError):
+    """The server's disk (or quota) is full: answered as 507 with a plain sentence."""
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True for ENOSPC / EDQUOT, also when wrapped (e.g. ImageInputError from a failed write)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_message(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+        left = f" ({free / 2**20:.0f} MiB left)"
+    except OSError:
+        left = ""
+    return (
+        f"The server's disk is full{left}: nothing could be saved in {folder}. Free some space there "
+        "(or delete finished jobs), then try again."
+    )
 
 
 class UnknownJob(KeyError):
@@ -120,7 +146,10 @@ class JobQueue:
         self.abandon_after = abandon_after
         self.result_ttl = result_ttl
         self.fetched_ttl = fetched_ttl
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:  # on a full disk the server still starts, and says so in its health
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create %s: %s", self.root, exc)
         self._jobs: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
         self._running: Job | None = None
@@ -152,11 +181,25 @@ class JobQueue:
         return self.root / job_id
 
     def _persist(self, job: Job) -> None:
+        """Write ``job.json`` atomically; on failure nothing half-written stays and OSError is raised."""
         folder = self._folder(job.id)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".job-{secrets.token_hex(4)}.json"
-        tmp.write_text(json.dumps(job.record()))
-        os.replace(tmp, folder / "job.json")
+        try:
+            tmp.write_text(json.dumps(job.record()))
+            os.replace(tmp, folder / "job.json")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _try_persist(self, job: Job) -> bool:
+        """Persist where failure must not stop the caller (the worker, the watchdog, start-up)."""
+        try:
+            self._persist(job)
+        except OSError as exc:
+            log.warning("job %s: could not save its record (%s); it is kept in memory", job.id, exc)
+            return False
+        return True
 
     def _load(self) -> None:
         """Take back the records of an earlier run; jobs it left unfinished are marked failed."""
@@ -172,14 +215,48 @@ class JobQueue:
                 job.state = "failed"
                 job.error = "The server stopped before this job finished; submit it again."
                 job.finished = time.time()
-                self._persist(job)
+                self._try_persist(job)
             if job.state == "succeeded" and not (record.parent / "result.npy").is_file():
                 job.state = "failed"
                 job.error = "The result file of this job is missing on the server; submit it again."
-                self._persist(job)
+                self._try_persist(job)
             self._jobs[job.id] = job
         if self._jobs:
             log.info("took back %d finished jobs from %s", len(self._jobs), self.root)
+        self._sweep_leftovers(max_age=0.0)
+
+    def _sweep_leftovers(self, max_age: float) -> None:
+        """Remove what failed writes and crashes leave: job folders without a known job, temp files.
+
+        ``max_age`` (seconds of mtime) spares files a write may still be working on; the running
+        job's folder is always spared.
+        """
+        now = time.time()
+        with self._cond:
+            known = set(self._jobs)
+            running = self._running.id if self._running is not None else None
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                old = now - entry.stat().st_mtime >= max_age
+                if entry.name == running:
+                    continue
+                if entry.is_dir() and entry.name not in known:
+                    if old:
+                        shutil.rmtree(entry, ignore_errors=True)
+                        log.info("removed the leftover job folder %s", entry.name)
+                    continue
+                if entry.is_dir():
+                    for tmp in entry.iterdir():
+                        if tmp.name.startswith(".") and now - tmp.stat().st_mtime >= max_age:
+                            tmp.unlink(missing_ok=True)
+                elif entry.name.startswith(".") and old:
+                    entry.unlink(missing_ok=True)
+            except OSError:
+                continue
 
     # ------------------------------------------------------------------ requests
     def submit(
@@ -207,9 +284,15 @@ class JobQueue:
                     f"The queue is full ({len(self._queue)} jobs waiting besides the running one); "
                     "try again when a job has finished."
                 )
+            try:
+                self._persist(job)
+            except OSError as exc:
+                shutil.rmtree(self._folder(job.id), ignore_errors=True)
+                if is_disk_full(exc):
+                    raise StorageFull(disk_full_message(self.root)) from None
+                raise
             self._jobs[job.id] = job
             self._queue.append(job)
-            self._persist(job)
             self._cond.notify_all()
         log.info("job %s queued: %s of image %s", job.id, job.task, image)
         return job
@@ -291,10 +374,11 @@ class JobQueue:
             job = self._jobs.get(job_id)
             if job is not None and job.fetched is None:
                 job.fetched = time.time()
-                self._persist(job)
+                self._try_persist(job)
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
+        """The worker loop; nothing a job does (or a full disk) may end it."""
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
@@ -306,9 +390,14 @@ class JobQueue:
                 job.stage = "load"
                 job.started = time.time()
                 self._running = job
-                self._persist(job)
+                self._try_persist(job)
             try:
                 self._run(job)
+            except Exception:  # a bug in the error handling itself: fail the job, keep working
+                log.exception("job %s: unexpected error in the worker", job.id)
+                with self._cond:
+                    if job.state not in FINISHED:
+                        self._finish(job, "failed", "Internal error in the job worker; see the server log.")
             finally:
                 with self._cond:
                     self._running = None
@@ -333,7 +422,13 @@ class JobQueue:
             if job.token.canceled:
                 raise Canceled("canceled")
             folder = self._folder(job.id)
-            write_image(folder / "result.npy", result.image)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_image(folder / "result.npy", result.image)
+            except (OSError, ImageInputError) as exc:
+                if is_disk_full(exc):
+                    raise StorageFull(disk_full_message(self.root)) from None
+                raise
             height, width = result.image.shape[:2]
             channels = result.image.shape[2] if result.image.ndim == 3 else 1
             info = {
@@ -356,6 +451,10 @@ class JobQueue:
             with self._cond:
                 self._finish(job, "canceled", job.error or "canceled")
             log.info("job %s canceled: %s", job.id, job.error)
+        except StorageFull as exc:
+            with self._cond:
+                self._finish(job, "failed", str(exc))
+            log.warning("job %s failed: %s", job.id, exc)
         except (EngineError, ModelLoadError, ImageInputError, PrescalerError, KeyError, ValueError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             with self._cond:
@@ -376,7 +475,7 @@ class JobQueue:
         if state == "succeeded":
             job.fraction = 1.0
             job.stage = "done"
-        self._persist(job)
+        self._try_persist(job)
         self._cond.notify_all()
 
     def _progress(self, job: Job, stage: str, step: int, total: int) -> None:
@@ -405,23 +504,29 @@ class JobQueue:
 
     # ------------------------------------------------------------------ watchdog
     def _watch(self) -> None:
+        """The watchdog loop; an error in one round is logged and the next round runs."""
         last_expiry = 0.0
         while True:
             with self._cond:
                 if self._cond.wait_for(lambda: self._stopping, timeout=0.5):
                     return
-            now = time.monotonic()
-            for job in self.jobs():
-                if job.state in ("queued", "running") and not job.detached and not job.cancel_requested:
-                    silent = now - job.last_seen
-                    if silent > self.abandon_after:
-                        with contextlib.suppress(UnknownJob):
-                            self.cancel(
-                                job.id, f"abandoned: no client asked about it for {silent:.0f} seconds"
-                            )
-            if now - last_expiry > min(30.0, self.result_ttl / 4, self.images.ttl / 4):
-                last_expiry = now
-                self.expire(time.time())
+            try:
+                last_expiry = self._watch_once(last_expiry)
+            except Exception:
+                log.exception("watchdog round failed; trying again")
+
+    def _watch_once(self, last_expiry: float) -> float:
+        now = time.monotonic()
+        for job in self.jobs():
+            if job.state in ("queued", "running") and not job.detached and not job.cancel_requested:
+                silent = now - job.last_seen
+                if silent > self.abandon_after:
+                    with contextlib.suppress(UnknownJob):
+                        self.cancel(job.id, f"abandoned: no client asked about it for {silent:.0f} seconds")
+        if now - last_expiry > min(30.0, self.result_ttl / 4, self.images.ttl / 4):
+            last_expiry = now
+            self.expire(time.time())
+        return last_expiry
 
     def expire(self, now: float) -> None:
         """Forget finished jobs past their time, and uploads nobody has used for a while."""
@@ -435,4 +540,14 @@ class JobQueue:
                     self._jobs.pop(job.id, None)
                 shutil.rmtree(self._folder(job.id), ignore_errors=True)
                 log.info("job %s expired", job.id)
+        self._sweep_leftovers(max_age=600.0)
         self.images.expire(now, self.images_in_use())
+
+    def problems(self) -> list[str]:
+        """What stops this queue from working, for the health check (empty when all is well)."""
+        names = {"job-worker": "the job worker", "job-watchdog": "the job watchdog"}
+        return [
+            f"{names[t.name]} is not running; restart the server"
+            for t in self._threads
+            if t.ident is not None and not t.is_alive() and not self._stopping
+        ]

@@ -53,15 +53,23 @@ class QueueInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
-    version: str
+    """Callers without the token (where one is set) learn only that the server is alive."""
+
+    status: Literal["ok", "unhealthy"] = "ok"
     api: str
-    device: str
-    dtype: str
-    memory: MemoryInfo
-    loaded_model: str | None
-    queue: QueueInfo
-    log_file: str | None
+    proofs: list[str] | None = Field(
+        None, description="HMAC-SHA256 of the challenge under each key the server holds (token, user secret)"
+    )
+    version: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    memory: MemoryInfo | None = None
+    loaded_model: str | None = None
+    queue: QueueInfo | None = None
+    log_file: str | None = None
+    disk_free_bytes: int | None = None
+    problems: list[str] = Field(default_factory=list, description="why the server cannot work (503)")
+    warnings: list[str] = Field(default_factory=list, description="what may soon stop it working")
 
 
 class InstalledModelInfo(BaseModel):

@@ -13,12 +13,13 @@ import logging
 import logging.handlers
 import os
 import secrets
+import shutil
 import socket
 import sys
 from pathlib import Path
 
 from .. import paths
-from ..client import EXIT_ALREADY_RUNNING, is_loopback
+from ..client import EXIT_ALREADY_RUNNING, default_secret_file, is_loopback, load_or_create_secret
 from .config import DEFAULT_PORT, ServerConfig
 
 log = logging.getLogger("backend")
@@ -54,21 +55,47 @@ def create_token(path: Path | None = None, replace: bool = False) -> str:
     return token
 
 
-def setup_logging(port: int, verbose: bool) -> Path:
-    """A rotating log file per port in the per-user log folder; the console gets warnings (or all)."""
-    folder = paths.log_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    log_file = folder / f"server-{port}.log"
-    file_handler = logging.handlers.RotatingFileHandler(
-        log_file, maxBytes=5 << 20, backupCount=3, encoding="utf-8"
-    )
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def private_folder(folder: Path) -> Path:
+    """Create ``folder`` (and parents) readable by the user only; tighten it if it exists already."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if os.name != "nt":
+        try:
+            if folder.stat().st_uid == os.getuid() and folder.stat().st_mode & 0o077:
+                folder.chmod(0o700)
+        except OSError:
+            pass
+    return folder
+
+
+def setup_logging(port: int, verbose: bool) -> Path | None:
+    """A rotating log file per port in the per-user log folder; the console gets warnings (or all).
+
+    A full disk must not stop the server: then it logs to the console only, and a record that
+    cannot be written later is dropped without a traceback.
+    """
+    logging.raiseExceptions = False
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     console.setLevel(logging.DEBUG if verbose else logging.WARNING)
     root = logging.getLogger()
     root.setLevel(logging.INFO if not verbose else logging.DEBUG)
-    for handler in (file_handler, console):
+    handlers: list[logging.Handler] = [console]
+    log_file: Path | None = paths.log_dir() / f"server-{port}.log"
+    try:
+        private_folder(paths.log_dir())
+        file_handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=5 << 20, backupCount=3, encoding="utf-8"
+        )
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(file_handler)
+    except OSError as exc:
+        print(
+            f"warning: cannot write the log file {log_file} ({exc.strerror or exc}); logging to the console",
+            file=sys.stderr,
+        )
+        console.setLevel(logging.INFO)
+        log_file = None
+    for handler in handlers:
         root.addHandler(handler)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
@@ -93,11 +120,66 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_open_files_limit() -> int:
+    """Every connection is a file descriptor: allow as many as the system lets this user."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return 1 << 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    wanted = min(wanted, 1 << 16)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def disk_warning(folder: Path) -> str | None:
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None
+    if free >= 512 * 2**20:
+        return None
+    return (
+        f"warning: only {free / 2**20:.0f} MiB are free on the disk of {folder}; the server starts, but "
+        "uploads and results fail while the disk is full. Free some space there."
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from ..client import Client, ClientError
 
+    os.umask(0o077)  # uploads, results, logs and records: the user's only, from the moment they exist
     host: str = args.host
     token = None
+    if args.tls_cert or args.tls_key:
+        missing = [str(p) for p in (args.tls_cert, args.tls_key) if p is None or not Path(p).is_file()]
+        if missing or not (args.tls_cert and args.tls_key):
+            print(
+                "error: --tls-cert and --tls-key go together and must name existing PEM files"
+                + (f" (not found: {', '.join(missing)})" if missing else "")
+                + ".",
+                file=sys.stderr,
+            )
+            return 1
+    if args.require_token and is_loopback(host):
+        token = read_token(args.token_file)
+        if token is None:
+            print(
+                "error: --require-token needs a token, and there is none in "
+                f"{args.token_file or token_path()}. "
+                "Create one with `python -m backend token`.",
+                file=sys.stderr,
+            )
+            return 1
     if not is_loopback(host):
         token = read_token(args.token_file)
         if token is None:
@@ -116,9 +198,9 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"error: cannot listen on {host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
         probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-        url = ServerConfig(host=probe_host, port=args.port).url
+        url = ServerConfig(host=probe_host, port=args.port, tls_cert=args.tls_cert).url
         try:
-            health = Client(url, token=token, timeout=5).health()
+            health = Client(url, token=token, timeout=5, cafile=args.tls_cert).health()
         except ClientError:
             print(
                 f"error: port {args.port} on {host} is used by another program; choose another --port.",
@@ -131,6 +213,17 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return EXIT_ALREADY_RUNNING
     port = sock.getsockname()[1]
+    proof_keys = [token.encode()] if token else []
+    secret_file = args.secret_file or default_secret_file()
+    try:
+        proof_keys.append(load_or_create_secret(secret_file))
+    except OSError as exc:
+        print(
+            f"warning: cannot create the secret {secret_file} ({exc.strerror or exc}); clients on this "
+            "machine cannot check that this server is theirs, and refuse to use it.",
+            file=sys.stderr,
+        )
+    open_files = raise_open_files_limit()
     config = ServerConfig(
         host=host,
         port=port,
@@ -147,8 +240,26 @@ def run_serve(args: argparse.Namespace) -> int:
         abandon_after=args.abandon_after,
         result_ttl=args.keep_results,
         fetched_ttl=min(15 * 60.0, args.keep_results),
+        max_image_bytes=int(args.max_image_mb * 1e6),
+        max_aspect_ratio=args.max_aspect_ratio,
+        allowed_hosts=tuple(args.allow_host or ()),
+        proof_keys=tuple(proof_keys),
+        header_timeout=args.header_timeout,
+        max_connections=max(16, min(args.max_connections, open_files - 64)),
+        max_client_connections=args.max_client_connections,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     log_file = setup_logging(port, args.verbose)
+    data = config.resolved_data_dir()
+    try:
+        private_folder(data)
+    except OSError as exc:
+        print(f"warning: cannot create the data folder {data}: {exc.strerror or exc}", file=sys.stderr)
+    warning = disk_warning(data)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+        log.warning("%s", warning.removeprefix("warning: "))
     log.info(
         "starting on %s (models %s, data %s)",
         config.url,
@@ -158,16 +269,17 @@ def run_serve(args: argparse.Namespace) -> int:
     return _run_uvicorn(config, sock, log_file, args.verbose)
 
 
-def _run_uvicorn(config: ServerConfig, sock: socket.socket, log_file: Path, verbose: bool) -> int:
+def _run_uvicorn(config: ServerConfig, sock: socket.socket, log_file: Path | None, verbose: bool) -> int:
     import uvicorn
 
     from .app import create_app
+    from .connections import guarded_protocol
 
     class AnnouncingServer(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:  # listening now: clients may connect as soon as they read this line
-                print(f"Serving on {config.url} (log: {log_file})", flush=True)
+                print(f"Serving on {config.url} (log: {log_file or 'console only'})", flush=True)
 
     app = create_app(config, log_file=log_file)
     server = AnnouncingServer(
@@ -176,7 +288,12 @@ def _run_uvicorn(config: ServerConfig, sock: socket.socket, log_file: Path, verb
             log_config=None,
             access_log=verbose,
             timeout_keep_alive=30,
-            limit_concurrency=200,
+            # Not uvicorn's limit_concurrency: it counts idle sockets too (see connections.py).
+            http=guarded_protocol(
+                config.header_timeout, config.max_connections, config.max_client_connections
+            ),
+            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
         )
     )
     try:
@@ -218,6 +335,38 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=24 * 3600.0,
         help="seconds a finished job's result is kept (a quarter hour once fetched, if sooner)",
+    )
+    p.add_argument(
+        "--max-image-mb", type=float, default=800.0, help="largest decoded image per upload, in MB"
+    )
+    p.add_argument(
+        "--max-aspect-ratio", type=float, default=64.0, help="longest side / shortest side a job may have"
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="NAME",
+        help="another host name clients may reach this server by (repeatable; loopback names always work)",
+    )
+    p.add_argument(
+        "--require-token",
+        action="store_true",
+        help="require the token on loopback too (shared machines)",
+    )
+    p.add_argument(
+        "--secret-file", type=Path, help="per-user secret clients check (default: per-user config)"
+    )
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve https (for remote use)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send its request headers",
+    )
+    p.add_argument("--max-connections", type=int, default=1000, help="open connections (idle ones are shed)")
+    p.add_argument(
+        "--max-client-connections", type=int, default=64, help="open connections per remote address"
     )
     p.add_argument("--verbose", action="store_true", help="log everything to the console too")
     p.set_defaults(func=run_serve)
