@@ -173,7 +173,9 @@ class Health:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Health:
-        return _build(cls, data)
+        return _build(
+            cls, {**data, "problems": data.get("problems") or [], "warnings": data.get("warnings") or []}
+        )
 
 
 @dataclass(frozen=True)
@@ -692,8 +694,8 @@ def default_config_dir() -> Path:
         return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / APP_NAME
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support" / APP_NAME
-    base = os.environ.get("XDG_CONFIG_HOME", "").strip()
-    return Path(base).expanduser() / APP_NAME if base else Path.home() / ".config" / APP_NAME
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip()  # a relative one is ignored, as platformdirs does
+    return Path(base) / APP_NAME if os.path.isabs(base) else Path.home() / ".config" / APP_NAME
 
 
 def default_secret_file() -> Path:

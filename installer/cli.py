@@ -24,7 +24,7 @@ from .uninstall import uninstall
 
 MIN_PYTHON = (3, 10)
 REMEMBERED = ("torch", "torch_spec", "torch_index_url", "editable", "backend_python", "gimp_profile",
-              "plugin", "models", "models_dir", "url", "token")  # fmt: skip
+              "plugin", "models", "models_dir", "url", "token", "ca_file")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", help="model folder (default: per-user data folder; GDU_MODELS_DIR)")
     p.add_argument("--url", help=f"backend address the plug-in uses (default {DEFAULT_URL})")
     p.add_argument("--token", help="access token of a backend on another machine")
+    p.add_argument("--ca-file", help="certificate to trust for an https backend with its own certificate")
     p.add_argument("--dry-run", action="store_true", help="show what would be done; change nothing")
     p.add_argument("--uninstall", action="store_true", help="remove what the installer installed")
     p.add_argument("--purge-models", action="store_true", help="with --uninstall: also downloaded models")
@@ -78,7 +79,7 @@ def merge_options(
             continue
         if name == "models":
             value = parse_model_ids(value) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
-        elif name in ("backend_python", "gimp_profile", "models_dir"):
+        elif name in ("backend_python", "gimp_profile", "models_dir", "ca_file"):
             value = Path(str(value)).expanduser().absolute() if value else None
         elif name in ("torch_index_url", "token"):
             value = value or None

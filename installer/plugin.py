@@ -15,7 +15,7 @@ from pathlib import Path
 from gimp_plugin import CLIENT_NAME, PLUGIN_FILES, client_source, install_plugin_files, plugin_source
 
 from .platform_paths import GimpProfile
-from .state import PLUGIN, InstallState
+from .state import PLUGIN, InstallState, write_private
 
 CONFIG_NAME = "diffusion_upscale.json"  # = diffusion_upscale_core.CONFIG_NAME
 DEFAULT_URL = "http://127.0.0.1:7861"
@@ -30,6 +30,7 @@ class PluginSettings:
     python: str | None = None
     models: str | None = None
     token: str | None = None
+    ca_file: str | None = None  # certificate of an https backend that has its own
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -77,10 +78,5 @@ def install_plugin(profile: GimpProfile, settings: PluginSettings, state: Instal
         for name in (*expected_files(), CONFIG_NAME):
             state.record(folder / name, "file", PLUGIN)
     install_plugin_files(profile.plug_ins)
-    config = folder / CONFIG_NAME
-    tmp = config.with_name(CONFIG_NAME + ".tmp")
-    tmp.write_text(settings.to_json(), encoding="utf-8")
-    if settings.token:
-        tmp.chmod(0o600)
-    os.replace(tmp, config)
+    write_private(folder / CONFIG_NAME, settings.to_json())  # it may hold the access token
     return folder

@@ -83,10 +83,7 @@ class InstallState:
         if self.path.is_file() and self.path.read_text(encoding="utf-8") == text:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(0o600)  # the remembered options may hold an access token
-        os.replace(tmp, self.path)
+        write_private(self.path, text)  # the remembered options may hold an access token
 
     # ------------------------------------------------------------------ steps
     def step(self, name: str) -> StepRecord | None:
@@ -161,3 +158,20 @@ def remove_created(entry: Created) -> str | None:
     else:
         path.unlink()
     return None
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically into a file only the user can read, from the moment it exists.
+
+    (Writing first and chmod-ing after leaves a moment in which other users can read a token.)
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover could have wider permissions; O_EXCL makes a new one
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -38,6 +38,7 @@ class Options:
     models_dir: Path | None = None
     url: str = DEFAULT_URL
     token: str | None = None
+    ca_file: Path | None = None
     dry_run: bool = False
 
 
@@ -73,6 +74,7 @@ class Context:
             python=str(self.python),
             models=str(Path(explicit).expanduser().absolute()) if explicit else None,
             token=self.options.token or None,
+            ca_file=str(self.options.ca_file) if self.options.ca_file else None,
         )
 
 

@@ -141,6 +141,12 @@ class Gimp:
         )
         (work / "script.py").write_text(prelude + textwrap.dedent(script))
         variables = {"GIMP3_DIRECTORY": self.inside(profile), "HOME": self.inside(work), **env}
+        secret = Path(os.environ.get("GDU_SECRET_FILE", ""))
+        if "GDU_SECRET_FILE" not in env and secret.is_file():
+            # The user's server secret, where the plug-in (chrooted: with its own HOME) finds it.
+            copy = work / "server-secret"
+            shutil.copy2(secret, copy)
+            variables["GDU_SECRET_FILE"] = self.inside(copy)
         gimp = [GIMP, "-i", "--quit", "--batch-interpreter", "python-fu-eval", "-b",
                 f"exec(open({self.inside(work / 'script.py')!r}).read())"]  # fmt: skip
         command = ["env", "-i", "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in variables.items()), *gimp]

@@ -3,12 +3,15 @@ Hugging Face hub for model downloads, and a real GIMP 3 that must list the insta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from backend import paths as backend_paths
 from gimp_plugin import CLIENT_NAME, PLUGIN_FILES, plugin_source
 from installer import environment
 from installer.platform_paths import Platform, find_gimp_profiles
-from installer.state import STATE_NAME
+from installer.state import STATE_NAME, write_private
 from installer.torch_choice import MachineFacts, TorchChoiceError, choose_torch, probe_machine
 
 from .fake_hub import FakeHub
@@ -133,9 +136,41 @@ def check_plugin(home: Home, python: str, url: str = core.DEFAULT_URL, source: P
         "python": python,
         "models": None,
         "token": None,
+        "ca_file": None,
     }
     settings = core.load_backend_settings(home.plugin, {})
     assert settings.python == python and settings.url == url
+    # It may hold the access token, and the install state the remembered options: the user's only.
+    for private in (home.plugin / core.CONFIG_NAME, home.data / STATE_NAME):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+
+
+def test_private_files_are_never_readable_by_others_while_written(tmp_path: Path) -> None:
+    """A reader polling the folder (as another user would) never sees a group/other-readable file."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for entry in os.scandir(tmp_path):
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mode & 0o077:
+                        seen.append(entry.name)
+
+    old = os.umask(0o022)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        leftover = tmp_path / f".settings.json.{os.getpid()}.tmp"
+        leftover.write_text("left by a crash")  # 0644: must not be reused
+        for n in range(300):
+            write_private(tmp_path / "settings.json", json.dumps({"token": f"t{n}"}))
+    finally:
+        stop.set()
+        watcher.join()
+        os.umask(old)
+    assert set(seen) <= {leftover.name}, seen
+    assert stat.S_IMODE((tmp_path / "settings.json").stat().st_mode) == 0o600
 
 
 # --------------------------------------------------------------------------- paths and choices

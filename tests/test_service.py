@@ -327,6 +327,7 @@ def test_bad_jobs_are_answered_and_the_server_stays_healthy(
     assert server.healthy()
 
 
+JSON = "application/json"
 OTHER = [
     ("job body as text", "POST", "/v1/jobs", b"{}", "text/plain", 415, "json"),
     ("unknown job", "GET", "/v1/jobs/" + "a" * 24, None, None, 404, "no job with id"),
@@ -334,8 +335,16 @@ OTHER = [
     ("body-less cancel", "POST", "/v1/jobs/nope/cancel", None, None, 415, "application/json"),
     ("unknown route", "GET", "/v1/nothing", None, None, 404, "/v1/nothing"),
     ("wrong method", "PUT", "/v1/health", None, "application/json", 405, "not allowed"),
-    ("unknown download", "POST", "/v1/models/nope/download", None, "application/json", 404, "not a downloadable"),
-    ("form download", "POST", "/v1/models/pasd/download", b"a=b", "application/x-www-form-urlencoded", 415, "json"),
+    ("unknown download", "POST", "/v1/models/nope/download", None, JSON, 404, "not a downloadable"),
+    (
+        "form download",
+        "POST",
+        "/v1/models/pasd/download",
+        b"a=b",
+        "application/x-www-form-urlencoded",
+        415,
+        "json",
+    ),
     ("unknown image info", "GET", "/v1/images/" + "b" * 24, None, None, 404, "no image"),
 ]
 

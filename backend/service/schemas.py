@@ -68,8 +68,8 @@ class Health(BaseModel):
     queue: QueueInfo | None = None
     log_file: str | None = None
     disk_free_bytes: int | None = None
-    problems: list[str] = Field(default_factory=list, description="why the server cannot work (503)")
-    warnings: list[str] = Field(default_factory=list, description="what may soon stop it working")
+    problems: list[str] | None = Field(None, description="why the server cannot work (503)")
+    warnings: list[str] | None = Field(None, description="what may soon stop it working")
 
 
 class InstalledModelInfo(BaseModel):

@@ -27,6 +27,7 @@ PARASITE_NAME = "diffusion-upscale-run"
 DEFAULT_URL = "http://127.0.0.1:7861"
 URL_VARIABLE = "DIFFUSION_UPSCALE_URL"
 TOKEN_VARIABLE = "DIFFUSION_UPSCALE_TOKEN"
+CA_VARIABLE = "DIFFUSION_UPSCALE_CA"  # the certificate file of an https backend (client.py reads it)
 
 
 class PluginError(Exception):
@@ -371,6 +372,7 @@ class BackendSettings:
     models: str | None = None
     token: str | None = None
     config_file: Path | None = None
+    ca_file: str | None = None  # certificate to trust for an https backend with its own
 
 
 def load_backend_settings(plugin_dir: Path, environ: dict[str, str] | None = None) -> BackendSettings:
@@ -397,11 +399,14 @@ def load_backend_settings(plugin_dir: Path, environ: dict[str, str] | None = Non
         models=data.get("models") or None,
         token=environ.get(TOKEN_VARIABLE) or data.get("token") or None,
         config_file=path if path.is_file() else None,
+        ca_file=environ.get(CA_VARIABLE) or data.get("ca_file") or None,
     )
 
 
 def connect(settings: BackendSettings, on_wait: Any = None) -> client.Client:
     """A client for a backend that answers, starting a local one when the installer said how."""
+    if settings.ca_file:  # the client reads it from there, and so does the dialog the plug-in starts
+        os.environ[CA_VARIABLE] = settings.ca_file
     try:
         if settings.python:
             return client.ensure_server(
