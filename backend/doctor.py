@@ -284,7 +284,10 @@ def check_server(url: str, token: str | None, config: PluginConfig | None) -> Ch
             "server", FAIL, f"{url}: {exc}", "Is another program using that port? Try --port in serve."
         )
     model = health.loaded_model or "no model loaded yet"
-    return Check("server", OK, f"{url}: version {health.version}, {health.device} {health.dtype}, {model}")
+    summary = f"{url}: version {health.version}, {health.device} {health.dtype}, {model}"
+    if health.warnings:
+        return Check("server", WARN, summary, " ".join(health.warnings))
+    return Check("server", OK, summary)
 
 
 # --------------------------------------------------------------------------- self-test

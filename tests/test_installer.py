@@ -58,7 +58,8 @@ class Home:
     @property
     def env(self) -> dict[str, str]:
         dropped = ("GDU_", "XDG_", "HF_", "GIMP3_DIRECTORY", "APPDATA", "LOCALAPPDATA", "DIFFUSION_UPSCALE_")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+        # The run's server secret stays: servers the tests start belong to this same user.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(dropped) or k == "GDU_SECRET_FILE"}
         return {
             **env,
             "HOME": str(self.root),

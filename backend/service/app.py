@@ -241,6 +241,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
         response_model=schemas.DownloadStatus,
         status_code=202,
         tags=["models"],
+        openapi_extra=EMPTY_JSON_BODY,
     )
     def start_download(model_id: str) -> schemas.DownloadStatus:
         try:
@@ -346,7 +347,12 @@ def _install_routes(app: FastAPI, s: Services) -> None:
     def job_status(job_id: str) -> schemas.JobInfo:
         return _job_info(s, _job(s, job_id))
 
-    @app.post(f"{v}/jobs/{{job_id}}/cancel", response_model=schemas.JobInfo, tags=["jobs"])
+    @app.post(
+        f"{v}/jobs/{{job_id}}/cancel",
+        response_model=schemas.JobInfo,
+        tags=["jobs"],
+        openapi_extra=EMPTY_JSON_BODY,
+    )
     def cancel_job(job_id: str) -> schemas.JobInfo:
         _job(s, job_id)
         return _job_info(s, s.jobs.cancel(job_id))
@@ -396,6 +402,14 @@ def _install_routes(app: FastAPI, s: Services) -> None:
         return PixelFileResponse(path, media_type=media, filename=f"{job_id}.{format}")
 
 
+# State changes carry Content-Type: application/json even without a body (guard.py): say so.
+EMPTY_JSON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "description": "empty, or {}; the Content-Type must be application/json (no cross-site forms)",
+        "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+    }
+}
 CHALLENGE = re.compile(r"[0-9a-fA-F]{16,128}")
 LOW_DISK = 512 * 2**20  # bytes free below which health warns
 

@@ -61,7 +61,8 @@ def guarded_protocol(header_timeout: float, max_connections: int, max_client_con
                     return
                 per_client[self._peer] += 1
                 self._counted = True
-            if len(self.connections) > max_connections and not self._shed_idle():
+            open_now = sum(1 for p in self.connections if not p.transport.is_closing())
+            if open_now > max_connections and not self._shed_idle():
                 log.warning("refused a connection: %d open, none idle", len(self.connections))
                 self._refuse("The server has too many connections open; try again shortly.")
                 return
@@ -102,10 +103,13 @@ def guarded_protocol(header_timeout: float, max_connections: int, max_client_con
             return self.cycle is None or self.cycle.response_complete
 
         def _shed_idle(self) -> bool:
-            idle = [
+            idle = [  # a connection being closed stays in the set until its loss is reported
                 p
                 for p in self.connections
-                if p is not self and getattr(p, "_opened", None) is not None and p._idle()
+                if p is not self
+                and getattr(p, "_opened", None) is not None
+                and not p.transport.is_closing()
+                and p._idle()
             ]
             if not idle:
                 return False
