@@ -463,12 +463,15 @@ def test_token_required_off_loopback(tiny_models: dict[str, Path], tmp_path: Pat
     assert len(token) >= 32 and (tmp_path / "config" / "token").stat().st_mode & 0o077 == 0
     with ServerProcess(models, tmp_path, host="0.0.0.0", env=env) as open_server:
         url = f"http://127.0.0.1:{open_server.port}"
+        # Without the token health says only that the server is alive; everything else needs it.
+        bare = Client(url, token="").health()
+        assert bare.status == "ok" and bare.version is None and bare.log_file is None
         with pytest.raises(AuthError) as denied:
-            Client(url, token="").health()
+            Client(url, token="").jobs()
         assert denied.value.status == 401 and "access token" in denied.value.detail
         with pytest.raises(AuthError):
-            Client(url, token="wrong").health()
-        assert Client(url, token=token).health().api == "v1"
+            Client(url, token="wrong").jobs()
+        assert Client(url, token=token).health().version
 
 
 def test_ensure_server_starts_one_and_then_reuses_it(
