@@ -16,6 +16,7 @@ Exits 1 if any job failed, was canceled, or any client met an error that is not 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -180,6 +181,8 @@ def main() -> int:
 
     rounds = []
     with tempfile.TemporaryDirectory(prefix="service-load-") as tmp:
+        # One server secret for the servers started here and their clients (not the user's own).
+        os.environ["GDU_SECRET_FILE"] = str(Path(tmp) / "server-secret")
         models = args.models
         if models is None:
             from backend.models.tiny import write_tiny_model

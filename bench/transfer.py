@@ -13,6 +13,7 @@ round trip misses the target, or when any byte differs.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -63,6 +64,8 @@ def main() -> int:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="transfer-") as tmp:
+        # One server secret for the servers started here and their clients (not the user's own).
+        os.environ["GDU_SECRET_FILE"] = str(Path(tmp) / "server-secret")
         server = None
         if args.url is None:
             home = Path(tmp)

@@ -42,6 +42,10 @@ class ServerProcess:
             sys.executable, "-m", "backend", "serve", "--host", host, "--port", str(port),
             "--models", str(models), "--data", str(self.data), *args,
         ]  # fmt: skip
+        # The per-user secret this server proves it holds; its clients check it (client.py).
+        self.secret_file = Path(
+            self.env.get("GDU_SECRET_FILE") or Path(self.env["GDU_CONFIG_DIR"]) / "server-secret"
+        )
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
@@ -81,7 +85,7 @@ class ServerProcess:
         return int(self.url.rsplit(":", 1)[1])
 
     def client(self, token: str | None = None) -> Client:
-        return Client(self.url, token=token or "", timeout=60)
+        return Client(self.url, token=token or "", timeout=60, secret_file=self.secret_file)
 
     def healthy(self, token: str | None = None) -> bool:
         try:
