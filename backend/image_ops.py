@@ -111,7 +111,7 @@ def _wavelet_color_fix_in_place(
         low_content = _wavelet_lowpass(region, (top, 0), target, (height, width), levels)
         low_style = _wavelet_lowpass(style[..., top:bottom, :], (top, 0), target, (height, width), levels)
         saved = content[..., max(0, y1 - halo) : y1, :].clone()
-        content[..., y0:y1, :] = content[..., y0:y1, :] - low_content + low_style
+        content[..., y0:y1, :] = (content[..., y0:y1, :] - low_content + low_style).clamp_(0.0, 1.0)
     return content
 
 
@@ -127,6 +127,9 @@ def wavelet_color_fix(
     ``content - lowpass(content) + lowpass(style)``, the low-pass being ``levels`` à-trous levels as in the
     reference (``wavelet_reconstruction``); diffusion output drifts in colour, and this pulls its colours
     back to the input's while keeping the generated detail. Tensors are [B, C, H, W] floats of one shape.
+    The result is clamped to [0, 1] as the reference's ``wavelet_color_fix`` does before anything else
+    (about 0.5 % of values land outside, down to −0.26; a resize after would spread them, and float
+    outputs would keep them). The reference also rounds to 8 bits there; we keep the precision.
 
     With ``tile``, the image is done in ``tile`` × ``tile`` pieces, each read with a halo of
     ``2**levels - 1`` pixels (the blurs' total reach), so the result equals the untiled one while the
@@ -153,7 +156,7 @@ def wavelet_color_fix(
         target = (0, height, 0, width)
         low_content = _wavelet_lowpass(content, (0, 0), target, (height, width), levels)
         low_style = _wavelet_lowpass(style, (0, 0), target, (height, width), levels)
-        return content - low_content + low_style
+        return (content - low_content + low_style).clamp_(0.0, 1.0)
     halo = 2**levels - 1
     out = torch.empty_like(content)
     for y0 in range(0, height, tile):
@@ -167,7 +170,7 @@ def wavelet_color_fix(
             low_content = _wavelet_lowpass(content[crop], (top, left), target, (height, width), levels)
             low_style = _wavelet_lowpass(style[crop], (top, left), target, (height, width), levels)
             # Same operation order as the untiled path, so tiles reproduce it bit for bit.
-            out[..., y0:y1, x0:x1] = content[..., y0:y1, x0:x1] - low_content + low_style
+            out[..., y0:y1, x0:x1] = (content[..., y0:y1, x0:x1] - low_content + low_style).clamp_(0.0, 1.0)
     return out
 
 

@@ -71,7 +71,13 @@ def needs(ids: tuple[str, ...], models_dir: Path) -> list[ModelNeed]:
             if spec.id in seen:
                 continue
             folder = models_dir / spec.id
-            present = all((folder / f).is_file() and (folder / f).stat().st_size > 0 for f in spec.files)
+            present = all(
+                any(
+                    (folder / n).is_file() and (folder / n).stat().st_size > 0
+                    for n in registry.accepted_names(f)
+                )
+                for f in spec.files
+            )
             seen[spec.id] = ModelNeed(spec.id, spec.repo, spec.title, spec.size_bytes, spec.licence, present)
     return list(seen.values())
 

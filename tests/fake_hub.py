@@ -1,7 +1,9 @@
 """A minimal Hugging Face hub on 127.0.0.1, serving local folders as model repos.
 
-It answers the calls ``huggingface_hub.snapshot_download`` makes (repo info, file tree, HEAD and
-GET of ``resolve`` URLs), so the real download code runs end to end without the internet.
+It answers the calls ``huggingface_hub`` makes to list and fetch (repo info, the file tree of the
+repository or of one folder, recursive or not, with folders as the hub lists them, HEAD and GET of
+``resolve`` URLs), so the real download code runs end to end without the internet. Every request is
+recorded in ``requests``; ``fetched`` lists the repository files whose contents were sent.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -48,20 +50,48 @@ class FakeHub:
         root = self.repos[repo]
         return sorted(p for p in root.rglob("*") if p.is_file())
 
+    def fetched(self, repo: str | None = None) -> list[str]:
+        """Repository paths (``repo/path``) whose contents were sent by a GET of a resolve URL."""
+        found = []
+        for line in self.requests:
+            method, _, url = line.partition(" ")
+            name, sep, rest = urlsplit(url).path.lstrip("/").partition("/resolve/")
+            if method == "GET" and sep and (repo is None or name == repo):
+                found.append(f"{name}/{rest.partition('/')[2]}")
+        return found
+
+    def _tree(self, repo: str, folder: str, recursive: bool) -> list[dict[str, object]] | None:
+        """The hub's tree listing of ``folder`` ("" for the root): files and folders, None if absent."""
+        root = self.repos[repo]
+        base = root / folder if folder else root
+        if not base.is_dir():
+            return None
+        entries = sorted(base.rglob("*") if recursive else base.iterdir())
+        items: list[dict[str, object]] = []
+        for p in entries:
+            rel = p.relative_to(root).as_posix()
+            if p.is_dir():
+                oid = hashlib.sha1(rel.encode()).hexdigest()
+                items.append({"type": "directory", "path": rel, "size": 0, "oid": oid})
+            else:
+                data = p.read_bytes()
+                items.append(
+                    {"type": "file", "path": rel, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                )
+        return items
+
     def _handle(self, req: BaseHTTPRequestHandler, body: bool) -> None:
-        path = unquote(urlsplit(req.path).path)
+        url = urlsplit(req.path)
+        path = unquote(url.path)
         for repo, root in self.repos.items():
-            if path.startswith(f"/api/models/{repo}/tree/"):
-                items = [
-                    {
-                        "type": "file",
-                        "path": p.relative_to(root).as_posix(),
-                        "size": p.stat().st_size,
-                        "oid": hashlib.sha1(p.read_bytes()).hexdigest(),
-                    }
-                    for p in self._files(repo)
-                ]
-                return self._send(req, json.dumps(items).encode(), "application/json", body)
+            tree = f"/api/models/{repo}/tree/"
+            if path.startswith(tree):
+                _revision, _, folder = path[len(tree) :].partition("/")
+                recursive = parse_qs(url.query).get("recursive", ["false"])[0].lower() == "true"
+                items = self._tree(repo, folder.strip("/"), recursive)
+                if items is not None:
+                    return self._send(req, json.dumps(items).encode(), "application/json", body)
+                break
             if path.startswith(f"/api/models/{repo}/revision/"):
                 info = {
                     "id": repo,

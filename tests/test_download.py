@@ -3,37 +3,69 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+from backend.devices import choose_device
 from backend.models.manifest import read_manifest
+from backend.models.registry import REGISTRY
+from backend.models.store import installed_models, resolve_model
 from backend.models.tiny import write_pasd_components, write_tiny_model
+from backend.pipelines.pasd import PasdPipeline
 
-from .conftest import run_backend
+from .conftest import ROOT, run_backend
 from .fake_hub import FakeHub
+
+PASD_REPO = "yangtao9009/PASD"
+SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def cli_env(hub: FakeHub, models: Path) -> dict[str, str]:
+    """The hub client pointed at the fake hub, with its own cache next to the model folder."""
+    return {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(models.parent / "hf-home"),
+    }
 
 
 def cli(hub: FakeHub, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_backend(
-        *args,
-        HF_ENDPOINT=hub.url,
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_OFFLINE="0",
-        HF_HOME=str(Path(args[-1]).parent / "hf-home"),
-    )
+    return run_backend(*args, **cli_env(hub, Path(args[-1])))
+
+
+# The real top of yangtao9009/PASD (hub tree page, shared/research/pasd-family.md §4): five folders,
+# each with one checkpoint folder holding unet/, controlnet/ and accelerate's scaler.pt (a pickle),
+# the colour model's own scheduler, .gitattributes and a 28-byte README.md. No pasd_color/.
+PASD_CHECKPOINTS = {  # folder: (variant, use_rrdb, seed)
+    "pasd/checkpoint-100000": ("full", False, 11),
+    "pasd_light/checkpoint-120000": ("light", False, 13),
+    "pasd_rrdb/checkpoint-100000": ("full", True, 14),
+    "pasd_light_rrdb/checkpoint-100000": ("light", True, 15),
+    "pasd_light_color/checkpoint-180000": ("light", False, 16),
+}
+SCALER = b"\x80\x04accelerate GradScaler state; never to be fetched".ljust(557, b".")
 
 
 def make_repos(tmp_path: Path) -> dict[str, Path]:
+    """Fake-hub repositories laid out as the real ones, tiny random weights in place of the real."""
     pasd = tmp_path / "hub" / "PASD"
-    write_pasd_components(pasd / "pasd" / "checkpoint-100000", "full", False, seed=11)
-    (pasd / "pasd" / "checkpoint-100000" / "optimizer.bin").write_bytes(b"training state, never needed")
-    sd15 = tmp_path / "hub" / "sd15"
+    for folder, (variant, use_rrdb, seed) in PASD_CHECKPOINTS.items():
+        write_pasd_components(pasd / folder, variant, use_rrdb, seed=seed)
+        (pasd / folder / "scaler.pt").write_bytes(SCALER)
     tiny = write_tiny_model(tmp_path / "hub-src", "full", seed=12)
+    colour = write_tiny_model(tmp_path / "hub-src-color", "color", seed=17)
+    shutil.copytree(colour / "scheduler", pasd / "pasd_light_color" / "scheduler")
+    (pasd / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    (pasd / "README.md").write_text("---\nlicense: apache-2.0\n---\n")
+    sd15 = tmp_path / "hub" / "sd15"
     for part in ("text_encoder", "tokenizer", "vae", "scheduler", "unet"):
         shutil.copytree(tiny / part, sd15 / part)
     (sd15 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    return {"yangtao9009/PASD": pasd, "stable-diffusion-v1-5/stable-diffusion-v1-5": sd15}
+    return {PASD_REPO: pasd, SD15_REPO: sd15}
 
 
 def test_download_fetches_only_needed_files_and_installs(tmp_path: Path) -> None:
@@ -41,10 +73,12 @@ def test_download_fetches_only_needed_files_and_installs(tmp_path: Path) -> None
     with FakeHub(make_repos(tmp_path)) as hub:
         result = cli(hub, "download", "pasd", "--quiet", "--models", str(models))
         assert result.returncode == 0, result.stderr
-        fetched = [r for r in hub.requests if r.startswith("GET") and "/resolve/" in r]
-        assert not any("optimizer.bin" in r or ("/unet/" in r and "sd15" in r) for r in fetched)
+        # Exactly the registry's files, each once: no SD1.5 UNet, never the scaler.pt pickle.
+        wanted = [f"{s.repo}/{f}" for s in (REGISTRY["sd15"], REGISTRY["pasd"]) for f in s.files]
+        assert sorted(hub.fetched()) == sorted(wanted)
+        assert not any("scaler.pt" in r for r in hub.requests)
         assert not (models / "sd15" / "unet").exists()
-        assert not (models / "pasd" / "pasd" / "checkpoint-100000" / "optimizer.bin").exists()
+        assert not list(models.rglob("scaler.pt"))
 
         manifest = read_manifest(models / "pasd")
         assert manifest.variant == "full" and manifest.tasks == ("upscale",)
@@ -81,3 +115,83 @@ def test_download_repairs_a_damaged_file(tmp_path: Path) -> None:
         repaired = cli(hub, "download", "pasd", "--quiet", "--models", str(models))
         assert repaired.returncode == 0, repaired.stderr
         assert cli(hub, "inspect", "pasd", "--models", str(models)).returncode == 0
+
+
+def test_colour_model_comes_from_pasd_light_color_and_loads(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    repos = make_repos(tmp_path)
+    with FakeHub(repos) as hub:
+        result = cli(hub, "download", "pasd-color", "--quiet", "--models", str(models))
+        assert result.returncode == 0, result.stderr
+        from_pasd = hub.fetched(PASD_REPO)
+    assert sorted(from_pasd) == sorted(
+        f"{PASD_REPO}/pasd_light_color/{f}"
+        for f in (
+            "checkpoint-180000/unet/config.json",
+            "checkpoint-180000/unet/diffusion_pytorch_model.safetensors",
+            "checkpoint-180000/controlnet/config.json",
+            "checkpoint-180000/controlnet/diffusion_pytorch_model.safetensors",
+            "scheduler/scheduler_config.json",
+        )
+    )
+    assert not any("scaler.pt" in r for r in hub.requests)
+
+    folder = models / "pasd-color"  # the local id users know stays; only the hub paths changed
+    weights = "pasd_light_color/checkpoint-180000/unet/diffusion_pytorch_model.safetensors"
+    assert (folder / weights).read_bytes() == (repos[PASD_REPO] / weights).read_bytes()
+    found = {m.root.name: m.manifest for m in installed_models(models)}
+    assert found["pasd-color"].tasks == ("colorize",) and found["pasd-color"].variant == "light"
+    model = resolve_model("pasd-color", models)
+    assert (
+        model.manifest.resolve(folder, "scheduler") == (folder / "pasd_light_color" / "scheduler").resolve()
+    )
+
+    pipeline = PasdPipeline.from_installed(model, choose_device("cpu"))
+    assert pipeline.unet.pasd_variant == "light" and not pipeline.controlnet.config.use_rrdb
+    assert pipeline.scheduler.config.rescale_betas_zero_snr  # its own schedule, not SD1.5's
+
+
+_STALE_ENTRY = """
+import dataclasses, sys
+from backend.cli import main
+from backend.models import registry
+spec = registry.REGISTRY["pasd-color"]
+registry.REGISTRY["pasd-color"] = dataclasses.replace(
+    spec,
+    subfolder="pasd_color/checkpoint-180000",
+    scheduler_subfolder="pasd_color/scheduler",
+    files=tuple(f.replace("pasd_light_color/", "pasd_color/") for f in spec.files),
+)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_out_of_date_registry_entry_fails_with_the_listing_and_fetches_nothing(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    with FakeHub(make_repos(tmp_path)) as hub:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _STALE_ENTRY,
+                "download",
+                "pasd-color",
+                "--quiet",
+                "--models",
+                str(models),
+            ],
+            cwd=ROOT,
+            env={**os.environ, **cli_env(hub, models)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 1, result.stderr
+        assert (
+            "yangtao9009/PASD has no folder pasd_color/checkpoint-180000; it holds pasd/, pasd_light/, "
+            "pasd_light_color/, pasd_light_rrdb/, pasd_rrdb/ — the registry entry 'pasd-color' is out of "
+            "date; please report it."
+        ) in result.stderr
+        assert "Traceback" not in result.stderr
+        assert hub.fetched() == []  # not even SD1.5, which the entry needs first
+    assert not models.exists() or not any(p.is_file() for p in models.rglob("*"))

@@ -94,7 +94,8 @@ def test_float_colorize_keeps_luminance_exactly(engine: Engine) -> None:
     y_in, y_out = y(grey), y(out)
     assert (y_out - y_in).abs().max() < 1e-5
     assert np.abs(out[..., 0] - out[..., 2]).max() > 1e-3  # it did add colour
-    assert "color" in res.prompt
+    # The reference's colorize defaults: no quality words, "b&w, color bleeding" as the negative.
+    assert res.prompt == "" and res.negative_prompt == "b&w, color bleeding"
 
 
 def test_colorize_with_mask_colours_only_inside(engine: Engine) -> None:
@@ -300,3 +301,40 @@ def test_latent_preview_fit_recovers_a_linear_decoder() -> None:
         .numpy()
     )
     assert np.abs(picture - small).mean() < 0.02
+
+
+# --------------------------------------------------------------------------- the colour model's scheduler
+def test_colour_path_runs_v_prediction_tiled_with_previews(engine: Engine) -> None:
+    """The tiny colour model is v-prediction on a zero-terminal-SNR schedule, like PASD's colour model;
+    the whole colour path (tiles, previews) runs on it and the previews do not change the result."""
+    pipeline = engine.pipeline_for(engine.find_model("tiny-color", "colorize"))
+    config = pipeline.scheduler.config
+    assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
+    grey = rgb(48, 64, channels=1, seed=3)
+    params = FAST.with_(task="colorize", scale=1.0, steps=3, tile=128, tile_overlap=0.25)
+    shown: list[np.ndarray] = []
+    tiled = engine.restore(grey, params, model="tiny-color", preview=shown.append)
+    assert tiled.plan.tiles > 1 and len(shown) == 1 + 3 + 1
+    assert tiled.image.shape == (48, 64, 3) and tiled.image.dtype == np.uint8
+    again = engine.restore(grey, params, model="tiny-color")
+    assert np.array_equal(tiled.image, again.image)
+    assert all(np.isfinite(p).all() for p in shown)
+
+
+def test_a_colour_model_with_an_epsilon_scheduler_is_refused(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    broken = tmp_path / "tiny-color-eps"
+    shutil.copytree(tiny_models["color"], broken)
+    config_file = broken / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config["prediction_type"] = "epsilon"  # SD1.5's: the common mistake (yangxy/PASD #60, #75)
+    config_file.write_text(json.dumps(config))
+    engine = Engine(tmp_path, device="cpu")
+    with pytest.raises(ModelLoadError, match="needs prediction_type 'v_prediction'"):
+        engine.restore(
+            rgb(16, 16, channels=1), FAST.with_(task="colorize", scale=1.0), model="tiny-color-eps"
+        )

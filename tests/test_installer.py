@@ -21,6 +21,7 @@ import pytest
 from platformdirs import PlatformDirs
 
 from backend import paths as backend_paths
+from backend.models import store
 from gimp_plugin import CLIENT_NAME, PLUGIN_FILES, plugin_source
 from installer import environment
 from installer.platform_paths import Platform, find_gimp_profiles
@@ -361,11 +362,26 @@ def test_models_download_with_a_size_estimate_verify_repair_and_purge(tmp_path: 
     models = home.data / "models"
     with FakeHub(make_repos(tmp_path)) as hub:
         hub_env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0"}
-        out = ok(home.install("--backend-python", sys.executable, "--models", "pasd", **hub_env))
-        estimate = out.index("Total to download: about 6.70 GB")
+        out = ok(home.install("--backend-python", sys.executable, "--models", "pasd,color", **hub_env))
+        estimate = out.index("Total to download: about 11.70 GB")
         assert "sd15" in out[:estimate] and "CreativeML OpenRAIL-M" in out[:estimate]
-        assert out.index(f"verified: pasd in {models}") > estimate
+        assert out.index(f"verified: pasd, pasd-color in {models}") > estimate
         assert (models / "pasd" / "pasd_model.json").is_file() and (models / "sd15" / "vae").is_dir()
+        # The colour model comes from the hub's pasd_light_color/ (there is no pasd_color/), never
+        # with the scaler.pt pickle, and is what the backend finds for colorizing.
+        pasd_files = {f.split("/", 2)[2] for f in hub.fetched("yangtao9009/PASD")}
+        assert {f.split("/")[0] for f in pasd_files} == {"pasd", "pasd_light_color"}
+        assert "pasd_light_color/scheduler/scheduler_config.json" in pasd_files
+        assert not any("scaler.pt" in r for r in hub.requests)
+        colour = store.resolve_model("pasd-color", models)
+        assert colour.manifest.tasks == ("colorize",) and colour.manifest.variant == "light"
+        assert colour.manifest.resolve(colour.root, "unet").is_relative_to(
+            (models / "pasd-color" / "pasd_light_color").resolve()
+        )
+        assert {m.root.name: m.manifest.tasks for m in store.installed_models(models)} == {
+            "pasd": ("upscale",),
+            "pasd-color": ("colorize",),
+        }
 
         requests = len(hub.requests)
         again = ok(home.install(**hub_env))
@@ -381,7 +397,7 @@ def test_models_download_with_a_size_estimate_verify_repair_and_purge(tmp_path: 
     assert (models / "pasd").is_dir() and not home.plugin.exists()
     kept_trees = {Path(c["path"]) for c in home.state()["created"] if c["kind"] == "tree"}
     hub_cache = home.root / "xdg-cache" / "huggingface"  # what the hub client wrote for the download
-    assert {models / "pasd", models / "sd15"} <= kept_trees
+    assert {models / "pasd", models / "pasd-color", models / "sd15"} <= kept_trees
     assert all(p.parent == models or p.is_relative_to(hub_cache) for p in kept_trees), kept_trees
     ok(home.install("--uninstall", "--purge-models"))
     assert home.paths() == pristine

@@ -216,3 +216,44 @@ def test_attention_runs_on_scaled_dot_product(pipeline: PasdPipeline) -> None:
     for model in (pipeline.unet, pipeline.controlnet, pipeline.vae):
         processors = model.attn_processors.values()
         assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors)
+
+
+# --------------------------------------------------------------------------- the noise-level knob
+@pytest.mark.parametrize("steps", [20, 7, 3])
+def test_added_noise_keeps_the_signal_the_level_says(pipeline: PasdPipeline, steps: int) -> None:
+    """Signal kept = √ᾱ(first timestep)·√ᾱ(level), whatever the step count (a DDPM re-noise)."""
+    scheduler = _scheduler(pipeline, steps)
+    ac = scheduler.alphas_cumprod
+    init = torch.randn(1, 4, 96, 96, generator=torch.Generator().manual_seed(1))
+    for level in (0, 450, 899, 900, 999):
+        start = pipeline._noised_start(
+            scheduler, init, scheduler.timesteps[:1], level, torch.Generator().manual_seed(2)
+        )
+        kept = float((start * init).sum() / (init * init).sum())  # regression on the input
+        expected = float((ac[int(scheduler.timesteps[0])] * ac[level]).sqrt())
+        assert abs(kept - expected) < 0.01, (steps, level, kept, expected)
+        # And the total variance stays 1 (a variance-preserving step).
+        assert abs(float(start.var()) - 1.0) < 0.03
+
+
+def test_noise_level_turns_smoothly(pipeline: PasdPipeline) -> None:
+    """899 and 900 give nearly the same picture; 0 and 900 clearly different ones (20 steps).
+
+    With diffusers' own add_noise, 900 (not on the 20-step schedule) became the last step's tiny
+    noise while 899 re-noised hard, so these two differed most of all.
+    """
+    img = image(64, 64, seed=5)
+    out = {level: run(pipeline, img, steps=20, added_noise_level=level) for level in (0, 899, 900)}
+    near = (out[899] - out[900]).abs().mean().item()
+    far = (out[0] - out[900]).abs().mean().item()
+    assert near < far / 10, (near, far)
+
+
+def test_renoise_refuses_levels_off_the_training_schedule(pipeline: PasdPipeline) -> None:
+    from backend.pipelines.pasd import renoise
+
+    x = torch.ones(1, 4, 8, 8)
+    ac = _scheduler(pipeline).alphas_cumprod
+    assert torch.allclose(renoise(x, torch.zeros_like(x), 0, ac), ac[0].sqrt() * x)
+    with pytest.raises(ValueError, match="0 to 999"):
+        renoise(x, x, 1000, ac)

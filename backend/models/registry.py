@@ -1,9 +1,13 @@
 """The one registry of models the tool knows how to fetch, and where each one's files live.
 
-PASD checkpoints hold only ``unet/`` and ``controlnet/``; the text encoder, tokenizer, VAE and
-scheduler come from Stable Diffusion 1.5 (the ``sd15`` entry), which every PASD entry requires.
-Sizes are the float32 safetensors sizes of the listed files (parameters × 4 bytes, rounded).
-``blip`` is the optional captioner that writes automatic prompt words; it stands alone.
+PASD checkpoints hold only ``unet/`` and ``controlnet/`` (plus ``scaler.pt``, accelerate's training
+state, a pickle that is never fetched); the text encoder, tokenizer, VAE and scheduler come from
+Stable Diffusion 1.5 (the ``sd15`` entry), which every PASD entry requires. The colour model is
+``pasd_light_color/`` on the hub (``runs/pasd_color`` is only the upstream README's local name) and
+brings its own zero-terminal-SNR scheduler. Sizes are the float32 safetensors sizes of the listed
+files (parameters × 4 bytes, rounded). ``blip`` is the optional captioner that writes automatic
+prompt words; it stands alone. Standard library only: the installer reads this file before the
+backend's environment exists.
 """
 
 from __future__ import annotations
@@ -116,10 +120,10 @@ REGISTRY: dict[str, ModelSpec] = {
         _pasd(
             "pasd-color",
             "PASD colorization (light, zero-terminal-SNR scheduler)",
-            "pasd_color/checkpoint-180000",
+            "pasd_light_color/checkpoint-180000",
             "light",
             ("colorize",),
-            scheduler_subfolder="pasd_color/scheduler",
+            scheduler_subfolder="pasd_light_color/scheduler",
         ),
         ModelSpec(
             id="sd15",
@@ -161,6 +165,18 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 DEFAULT_MODEL_FOR_TASK = {"upscale": "pasd", "colorize": "pasd-color"}
+
+
+def accepted_names(path: str) -> tuple[str, ...]:
+    """A registry file and the stand-in a repository may hold instead: the ``.bin`` of a weights file
+    (``diffusion_pytorch_model.bin``, or ``pytorch_model.bin`` for ``model.safetensors``), so that a
+    component published without safetensors still installs; the preferred name comes first."""
+    folder, _, name = path.rpartition("/")
+    if not name.endswith(".safetensors"):
+        return (path,)
+    stem = name.removesuffix(".safetensors")
+    stand_in = "pytorch_model.bin" if stem == "model" else f"{stem}.bin"
+    return (path, f"{folder}/{stand_in}" if folder else stand_in)
 
 
 def get_spec(model_id: str) -> ModelSpec:

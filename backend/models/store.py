@@ -1,13 +1,19 @@
 """The per-user model folder: download registry models into it and find installed ones, offline.
 
-Downloads go through ``huggingface_hub.snapshot_download`` with the registry's allow-patterns, so
-only the needed files are fetched; partial files are resumed by the hub client on the next try.
-Finding a model never touches the network: a local folder always works offline.
+Before anything is fetched, each repository's file list is read and every registry file is found in
+it, so an out-of-date registry entry fails at once with what the repository really holds (and never
+as a download that quietly brings nothing). Only the registry's files are fetched, by exact name,
+through ``huggingface_hub.snapshot_download``; partial files are resumed by the hub client on the
+next try. Pickles (``scaler.pt``, ``*.pt``/``*.pth``/``*.ckpt``) are never fetched. Finding a model
+never touches the network: a local folder always works offline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +22,10 @@ from safetensors import safe_open
 from ..paths import models_dir as default_models_dir
 from .loading import ModelLoadError
 from .manifest import MANIFEST_NAME, ModelManifest, read_manifest, write_manifest
-from .registry import ModelSpec, get_spec, with_requirements
+from .registry import ModelSpec, accepted_names, get_spec, with_requirements
+
+# Training state and pickled checkpoints: loading them can run code, and no component needs them.
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 class ModelDownloadError(RuntimeError):
@@ -42,20 +51,92 @@ def manual_instructions(spec: ModelSpec, target: Path) -> str:
     )
 
 
+def _readable(path: Path) -> bool:
+    """Non-empty, and a weights file whose container is whole (a truncated one fails here)."""
+    if path.stat().st_size == 0:
+        return False
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception:
+            return False
+    elif path.suffix == ".bin":
+        return zipfile.is_zipfile(path)  # torch.save's format; its directory sits at the very end
+    return True
+
+
 def missing_files(spec: ModelSpec, target: Path) -> list[str]:
-    """Files of ``spec`` absent, empty or unreadable under ``target`` (safetensors headers are parsed)."""
+    """Files of ``spec`` absent, empty or unreadable under ``target`` (safetensors headers are parsed;
+    a ``.bin`` stand-in counts for its safetensors file, see ``registry.accepted_names``)."""
     missing = []
     for name in spec.files:
-        path = target / name
-        if not path.is_file() or path.stat().st_size == 0:
+        present = [target / n for n in accepted_names(name) if (target / n).is_file()]
+        if not present or not _readable(present[0]):
             missing.append(name)
-        elif path.suffix == ".safetensors":
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    f.keys()
-            except Exception:
-                missing.append(name)
     return missing
+
+
+def _subfolders(prefix: str, listing: Collection[str]) -> list[str]:
+    """Folders directly inside ``prefix`` ("" for the root), as ``name/``."""
+    start = f"{prefix}/" if prefix else ""
+    return sorted(
+        {
+            f[len(start) :].split("/")[0] + "/"
+            for f in listing
+            if f.startswith(start) and "/" in f[len(start) :]
+        }
+    )
+
+
+def _holds(prefix: str, listing: Collection[str]) -> str:
+    """What a folder of the repository holds: its folders, else its files."""
+    start = f"{prefix}/" if prefix else ""
+    entries = _subfolders(prefix, listing) or sorted(
+        f[len(start) :] for f in listing if f.startswith(start) and "/" not in f[len(start) :]
+    )
+    return ", ".join(entries) or "nothing"
+
+
+def _is_folder(prefix: str, listing: Collection[str]) -> bool:
+    return not prefix or any(f.startswith(f"{prefix}/") for f in listing)
+
+
+def _out_of_date(spec: ModelSpec, what: str, path: str, listing: Collection[str]) -> ModelDownloadError:
+    parent = path.rpartition("/")[0]
+    while not _is_folder(parent, listing):
+        parent = parent.rpartition("/")[0]
+    where = f"{parent}/ holds" if parent else "it holds"
+    return ModelDownloadError(
+        f"{spec.repo} has no {what} {path}; {where} {_holds(parent, listing)} — the registry entry "
+        f"'{spec.id}' is out of date; please report it."
+    )
+
+
+def plan_download(spec: ModelSpec, listing: Collection[str]) -> list[str]:
+    """The repository files to fetch for ``spec``, each found in the repository's ``listing``.
+
+    A weights file may be replaced by its ``.bin`` only where its folder holds no safetensors at all;
+    nothing else is ever chosen, pickles least of all. Raises ModelDownloadError naming what the
+    repository holds when a folder or a file of the entry is absent, so nothing is fetched in vain.
+    """
+    listing = set(listing)
+    folders = [spec.subfolder, spec.scheduler_subfolder or ""]
+    folders += [name.rpartition("/")[0] for name in spec.files]
+    for folder in dict.fromkeys(f for f in folders if f):
+        if not _is_folder(folder, listing):
+            raise _out_of_date(spec, "folder", folder, listing)
+    chosen = []
+    for name in spec.files:
+        folder = name.rpartition("/")[0]
+        has_safetensors = any(f.endswith(".safetensors") and f.rpartition("/")[0] == folder for f in listing)
+        found = [n for n in accepted_names(name) if n in listing and (n == name or not has_safetensors)]
+        if not found:
+            raise _out_of_date(spec, "file", name, listing)
+        if found[0].endswith(PICKLE_SUFFIXES):  # the registry must never name one; refuse if it does
+            raise ModelDownloadError(f"Refusing to download the pickle {found[0]} of {spec.repo}")
+        chosen.append(found[0])
+    return chosen
 
 
 def _manifest_for(spec: ModelSpec) -> ModelManifest | None:
@@ -74,30 +155,81 @@ def _manifest_for(spec: ModelSpec) -> ModelManifest | None:
     )
 
 
+def _adopt_earlier_layout(spec: ModelSpec, target: Path) -> None:
+    """Move a folder installed under an earlier registry's hub paths (its manifest says which) to the
+    current ones rather than fetch gigabytes again: ``pasd-color`` once named ``pasd_color/``."""
+    if spec.variant is None or not (target / MANIFEST_NAME).is_file():
+        return
+    try:
+        old = read_manifest(target)
+    except ModelLoadError:
+        return
+    for was, now in ((old.pasd_dir, spec.subfolder), (old.scheduler_dir, spec.scheduler_subfolder)):
+        parts = Path(was).parts
+        if not now or was == now or not parts or ".." in parts or "." in parts or Path(was).is_absolute():
+            continue
+        source, dest = target / was, target / now
+        if source.is_dir() and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(dest)
+            for parent in Path(was).parents[:-1]:  # drop folders the move left empty
+                with contextlib.suppress(OSError):
+                    (target / parent).rmdir()
+
+
+def _could_not(spec: ModelSpec, target: Path, exc: Exception) -> ModelDownloadError:
+    """Offline, hub error, disk full…: one clear message with what to fetch by hand."""
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return ModelDownloadError(
+        f"Could not download '{spec.id}' ({reason}).\n{manual_instructions(spec, target)}"
+    )
+
+
+def _plan_all(specs: list[ModelSpec], root: Path) -> dict[str, list[str]]:
+    """Every entry's files, each repository listed once, all checked before the first download."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    listings: dict[tuple[str, str], list[str]] = {}
+    plans: dict[str, list[str]] = {}
+    for spec in specs:
+        key = (spec.repo, spec.revision)
+        if key not in listings:
+            try:
+                listings[key] = api.list_repo_files(spec.repo, revision=spec.revision)
+            except Exception as exc:
+                raise _could_not(spec, root / spec.id, exc) from exc
+        plans[spec.id] = plan_download(spec, listings[key])
+    return plans
+
+
 def download_model(model_id: str, models_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Fetch a registry model (and SD1.5 components it needs) into the per-user model folder."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     root = _models_dir(models_dir)
-    for spec in with_requirements(model_id):
+    specs = with_requirements(model_id)
+    for spec in specs:
+        _adopt_earlier_layout(spec, root / spec.id)
+    damaged = {spec.id: missing_files(spec, root / spec.id) for spec in specs}
+    plans = _plan_all([s for s in specs if damaged[s.id]], root)
+    for spec in specs:
         target = root / spec.id
-        if damaged := missing_files(spec, target):
-            for name in damaged:  # a truncated file would look current to the hub client's cache
-                (target / name).unlink(missing_ok=True)
+        if spec.id in plans:
+            for name in damaged[spec.id]:  # a truncated file would look current to the hub client
+                for candidate in accepted_names(name):
+                    (target / candidate).unlink(missing_ok=True)
             (disable_progress_bars if not progress else enable_progress_bars)()
             try:
                 snapshot_download(
                     repo_id=spec.repo,
                     revision=spec.revision,
-                    allow_patterns=list(spec.files),
+                    allow_patterns=plans[spec.id],  # exact names from the listing, nothing else
                     local_dir=target,
                 )
-            except Exception as exc:  # offline, hub error, disk full…: one clear message for all
-                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                raise ModelDownloadError(
-                    f"Could not download '{spec.id}' ({reason}).\n{manual_instructions(spec, target)}"
-                ) from exc
+            except Exception as exc:
+                raise _could_not(spec, target, exc) from exc
             still_missing = missing_files(spec, target)
             if still_missing:
                 raise ModelDownloadError(

@@ -209,7 +209,8 @@ def write_pasd_components(folder: Path, variant: Literal["full", "light"], use_r
 def write_tiny_model(
     folder: str | Path, variant: TinyVariant = "full", seed: int = 0, use_rrdb: bool = False
 ) -> Path:
-    """Write a complete tiny model folder; ``color`` is PASD-light with a zero-terminal-SNR scheduler."""
+    """Write a complete tiny model folder; ``color`` is PASD-light with a zero-terminal-SNR, v-prediction
+    scheduler (the colour model's)."""
     if variant not in TINY_VARIANTS:
         raise ValueError(f"variant must be one of {TINY_VARIANTS}, not {variant!r}")
     root = Path(folder).expanduser()
@@ -247,6 +248,7 @@ def write_tiny_model(
             beta_start=0.00085,
             beta_end=0.012,
             rescale_betas_zero_snr=True,
+            prediction_type="v_prediction",  # as the colour model is trained and run (PASD #37)
             timestep_spacing="trailing",
             clip_sample=False,
             steps_offset=1,

@@ -9,11 +9,13 @@ from typing import Any, Literal
 Task = Literal["upscale", "colorize"]
 TASKS: tuple[Task, ...] = ("upscale", "colorize")
 
-# The reference inference's defaults (PASD test_pasd.py), kept editable.
+# The reference inference's defaults (PASD test_pasd.py), kept editable. For colorization the
+# reference adds no quality words and uses only "b&w, color bleeding" as the negative prompt (and turns
+# "black and white" in captions into "color": prompt.colorize_words): what the colour model was run with.
 UPSCALE_QUALITY_PROMPT = "clean, high-resolution, 8k"
 UPSCALE_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
-COLORIZE_QUALITY_PROMPT = "color photograph, natural colors"
-COLORIZE_NEGATIVE_PROMPT = "b&w, black and white, grayscale, color bleeding"
+COLORIZE_QUALITY_PROMPT = ""
+COLORIZE_NEGATIVE_PROMPT = "b&w, color bleeding"
 
 MIN_TILE = 64  # pixels; below this the UNet's coarsest feature map is a single value
 MAX_SEED = 2**63 - 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,6 +103,7 @@ class PasdPipeline:
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{root}: a base component could not be loaded: {exc}") from exc
         # The colour model ships a DDPM config with a zero-terminal-SNR schedule; UniPC takes it over.
+        check_scheduler(root, manifest.tasks, config)
         scheduler = UniPCMultistepScheduler.from_config(config)
         return cls(
             vae=vae,
@@ -260,12 +263,18 @@ class PasdPipeline:
         added_noise_level: int,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """PASD's start: the encoded input noised to the first timestep, plus noise at level 900."""
+        """PASD's start: the encoded input noised to the first timestep, then to ``added_noise_level``.
+
+        The first noising is the solver's own (the timestep is on its schedule). The second is PASD's
+        "adjustable noise schedule" as its authors wrote it on diffusers 0.21.4, a DDPM forward step
+        to training timestep ``level`` (see :func:`renoise`). Current diffusers' ``add_noise`` would look
+        ``level`` up in the solver's schedule and, when it is not on it (900 with 20 steps), fall back
+        to the last step: the knob would jump instead of turning.
+        """
         noise = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
         latents = scheduler.add_noise(init, noise, first.repeat(init.shape[0]))
         added = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
-        level = torch.tensor([added_noise_level] * init.shape[0], device=init.device, dtype=torch.long)
-        latents = scheduler.add_noise(latents, added, level)
+        latents = renoise(latents, added, added_noise_level, scheduler.alphas_cumprod)
         return latents * scheduler.init_noise_sigma
 
     def _predict(
@@ -351,6 +360,40 @@ class PasdPipeline:
             torch.nn.Module.to(self.vae, torch.float32)
             tiled_decode(self.vae, latents, tiling, out=out, check_cancel=check_cancel, on_tile=on_tile)
         return out.add_(1).mul_(0.5).clamp_(0, 1)
+
+
+def check_scheduler(root: Path, tasks: tuple[str, ...], config: dict[str, Any]) -> None:
+    """A colour model needs its own scheduler: v-prediction on a zero-terminal-SNR schedule.
+
+    PASD's colour model is trained that way (yangxy/PASD #37); with an epsilon scheduler (SD1.5's, a
+    common mistake) it paints grey or broken pictures (#60, #75), so such a folder is refused.
+    """
+    if "colorize" not in tasks:
+        return
+    kind = config.get("prediction_type", "epsilon")
+    zero_snr = bool(config.get("rescale_betas_zero_snr", False))
+    if kind != "v_prediction" or not zero_snr:
+        raise ModelLoadError(
+            f"{root}: this colour model's scheduler is {kind}"
+            f"{' with zero-terminal SNR' if zero_snr else ' without zero-terminal SNR'}, but PASD's colour "
+            "model needs prediction_type 'v_prediction' and rescale_betas_zero_snr true (its own "
+            "pasd_light_color/scheduler); with another it paints grey or broken colour. Download the "
+            "model again (python -m backend download pasd-color), or fix scheduler_config.json."
+        )
+
+
+def renoise(
+    latents: torch.Tensor, noise: torch.Tensor, level: int, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
+    """DDPM forward noising to training timestep ``level``: √ᾱ·x + √(1−ᾱ)·ε, whatever the solver's steps.
+
+    Continuous and monotone in ``level`` (0 adds almost nothing, 999 nearly replaces the signal), and
+    independent of the number of steps, as PASD's ``added_noise_level`` was meant.
+    """
+    if not 0 <= level < len(alphas_cumprod):
+        raise ValueError(f"added_noise_level must be 0 to {len(alphas_cumprod) - 1}, got {level}")
+    alpha = alphas_cumprod[level].to(device=latents.device, dtype=torch.float32)
+    return (alpha.sqrt() * latents.float() + (1 - alpha).sqrt() * noise.float()).to(latents.dtype)
 
 
 def _clean_estimate(
