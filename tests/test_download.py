@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from backend.devices import choose_device
 from backend.models.manifest import read_manifest
 from backend.models.registry import REGISTRY
@@ -149,6 +151,15 @@ def test_colour_model_comes_from_pasd_light_color_and_loads(tmp_path: Path) -> N
     pipeline = PasdPipeline.from_installed(model, choose_device("cpu"))
     assert pipeline.unet.pasd_variant == "light" and not pipeline.controlnet.config.use_rrdb
     assert pipeline.scheduler.config.rescale_betas_zero_snr  # its own schedule, not SD1.5's
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
+    # And it runs: a grey picture comes back in colour, its luminance kept.
+    from backend.engine import Engine
+    from backend.pipelines.params import RestoreParams
+
+    grey = np.random.default_rng(0).integers(0, 256, (32, 40, 1), dtype=np.uint8)
+    params = RestoreParams(task="colorize", scale=1.0, steps=2, process_size=256, seed=1)
+    result = Engine(models, device="cpu").restore(grey, params, model="pasd-color")
+    assert result.image.shape == (32, 40, 3) and result.model == "pasd-color"
 
 
 _STALE_ENTRY = """
