@@ -163,6 +163,7 @@ class RestoreDialog(QDialog):
         self._preview_after: QImage | None = None
         self._before_key: tuple[Rect, int] | None = None
         self._ending = False
+        self._auto_start_tried = False  # a local backend that does not answer is started once, unasked
 
         self._build()
         self.controls.configure(
@@ -374,6 +375,13 @@ class RestoreDialog(QDialog):
     def _health_failed(self, exc: BaseException) -> None:
         self._health_call = None
         self.connected = False
+        local = is_loopback(self.client.host)
+        if isinstance(exc, ServerUnreachable) and local and not self._auto_start_tried:
+            # The first run starts the backend (as README says and Repeat does): no click needed.
+            self._auto_start_tried = True
+            self.start_backend()
+            self._update_buttons()
+            return
         detail = "" if isinstance(exc, ServerUnreachable) else explain(exc)
         if isinstance(exc, ServerUnreachable) and not is_loopback(self.client.host):
             detail = "It runs on another computer: start it there."

@@ -480,7 +480,7 @@ def test_backend_errors_show_in_plain_words(qtbot: Any, server: ServerProcess, t
 
 
 # --------------------------------------------------------------------------- backend down
-def test_backend_down_shows_the_error_and_start_brings_it_up(
+def test_a_local_backend_that_is_down_starts_by_itself(
     qtbot: Any, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -489,16 +489,12 @@ def test_backend_down_shows_the_error_and_start_brings_it_up(
         tmp_path / "job", url, python=sys.executable, models=str(tiny_models["full"].parent), mask=False
     )
     dialog = open_dialog(qtbot, job_file, connected=False)
-    qtbot.waitUntil(lambda: dialog.status.state == "unreachable", timeout=15000)
-    assert f"Backend unreachable at {url}" in dialog.status.text.text()
-    assert dialog.status.start.isVisibleTo(dialog) and dialog.status.start.isEnabled()
-    assert str(tmp_path / "logs") in dialog.status.log.text()
-    assert not dialog.apply_button.isEnabled() and not dialog.preview_button.isEnabled()
     try:
-        qtbot.mouseClick(dialog.status.start, Qt.MouseButton.LeftButton)
-        assert dialog.status.state == "starting" and "Starting the backend" in dialog.status.text.text()
+        qtbot.waitUntil(lambda: dialog.status.state == "starting", timeout=15000)
+        assert "Starting the backend" in dialog.status.text.text()
+        assert not dialog.apply_button.isEnabled() and not dialog.preview_button.isEnabled()
         qtbot.waitUntil(lambda: dialog.status.state == "connected", timeout=120000)
-        assert dialog.spawned is not None
+        assert dialog.spawned is not None and not dialog.banner.isVisible()
         assert dialog.status.text.text().startswith("Connected: CPU")
         qtbot.waitUntil(lambda: dialog.models_loaded, timeout=30000)
         assert dialog.apply_button.isEnabled()
@@ -507,6 +503,18 @@ def test_backend_down_shows_the_error_and_start_brings_it_up(
         if dialog.spawned is not None:
             dialog.spawned.terminate()
             dialog.spawned.wait(30)
+
+
+def test_a_backend_that_cannot_start_says_so_and_start_stays_available(qtbot: Any, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    job_file = make_job(tmp_path / "job", url, python=str(tmp_path / "no-python"), mask=False)
+    dialog = open_dialog(qtbot, job_file, connected=False)
+    qtbot.waitUntil(lambda: dialog.status.state == "unreachable", timeout=30000)
+    assert f"Backend unreachable at {url}" in dialog.status.text.text()
+    assert "could not start" in dialog.banner.message
+    assert dialog.status.start.isVisibleTo(dialog) and dialog.status.start.isEnabled()
+    assert str(tmp_path / "logs") in dialog.status.log.text()
+    assert not dialog.apply_button.isEnabled() and not dialog.preview_button.isEnabled()
 
 
 # --------------------------------------------------------------------------- the entry point
