@@ -368,6 +368,8 @@ class RestoreDialog(QDialog):
         self.connected, self.health = True, health
         self.status.connected(health, self.client.url)
         if first:
+            if health.warnings:  # a missing model folder, a nearly full disk: said before anything fails
+                self.banner.show_message("\n".join(health.warnings), error=False)
             self.load_models()
         self.health_timer.start()
         self._update_buttons()
@@ -441,10 +443,13 @@ class RestoreDialog(QDialog):
         count = self.controls.set_models(self.models, self.models_loaded, selected)
         self._update_buttons()
         if self.models_loaded and not count:
+            missing = [w for w in (self.health.warnings if self.health else []) if "model folder" in w]
             self.banner.show_message(
-                f"No model for the task '{self.task}' is installed on the backend yet. Use Install… to "
-                "download one.",
-                error=False,
+                missing[0]
+                if missing  # not "install a model": the models are there, on a drive not connected
+                else f"No model for the task '{self.task}' is installed on the backend yet. Use Install… "
+                "to download one.",
+                error=bool(missing),
             )
 
     def install_model(self, model_id: str) -> None:

@@ -505,6 +505,19 @@ def test_a_local_backend_that_is_down_starts_by_itself(
             dialog.spawned.wait(30)
 
 
+def test_a_missing_model_folder_is_named_not_offered_for_download(
+    qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unplugged drive is not "no model installed": the dialog names the folder that is gone."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    gone = tmp_path / "unplugged-drive" / "models"
+    with ServerProcess(gone, tmp_path / "server") as running:
+        dialog = open_dialog(qtbot, make_job(tmp_path / "job", running.url, mask=False))
+        message = dialog.banner.message
+        assert f"The model folder {gone} does not exist" in message and "connect the drive" in message
+        assert "Install" not in message
+
+
 def test_a_backend_that_cannot_start_says_so_and_start_stays_available(qtbot: Any, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     job_file = make_job(tmp_path / "job", url, python=str(tmp_path / "no-python"), mask=False)

@@ -424,6 +424,12 @@ def _full_health(s: Services, status: str, proofs: list[str] | None, problems: l
         disk_free: int | None = shutil.disk_usage(data).free
     except OSError:
         disk_free = None
+    models = s.config.resolved_models_dir()
+    if not models.is_dir():
+        warnings.append(
+            f"The model folder {models} does not exist: if it is on a drive, connect the drive; "
+            "otherwise run the installer again, which makes it and downloads the models."
+        )
     if disk_free is not None and disk_free < LOW_DISK:
         warnings.append(
             f"Only {disk_free / 2**20:.0f} MiB are free on the disk of {data}; uploads and results "
