@@ -626,6 +626,7 @@ class DialogJob:
     models: str | None = None
     title: str = ""  # shown in the window title (the image's name)
     settings: dict[str, Any] = field(default_factory=dict)  # the host's last values, to start from
+    host_pid: int | None = None  # the host's process: when it ends (GIMP's Cancel), the dialog stops too
     version: int = DIALOG_JOB_VERSION
 
     def write(self, path: str | os.PathLike[str]) -> None:

@@ -140,6 +140,7 @@ def job_input(path: str) -> DialogInput:
         title=job.title,
         host_settings=job.settings,
         deliver=deliver,
+        host_pid=job.host_pid,
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psutil
 from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QImage, QPalette
 from PySide6.QtWidgets import (
@@ -97,6 +98,7 @@ class DialogInput:
     task_fixed: bool = True
     # Writes the result (and the answer); runs in a worker thread, before the dialog closes.
     deliver: Deliver | None = None
+    host_pid: int | None = None  # the plug-in's process: the dialog must not outlive it
 
 
 def explain(exc: BaseException) -> str:
@@ -113,6 +115,14 @@ def explain(exc: BaseException) -> str:
     return (
         f"Something unexpected went wrong ({type(exc).__name__}: {exc}). Details are in the terminal output."
     )
+
+
+def _process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent has ended)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 class RestoreDialog(QDialog):
@@ -179,6 +189,12 @@ class RestoreDialog(QDialog):
         self.start_timer = QTimer(self)
         self.start_timer.setInterval(1000)
         self.start_timer.timeout.connect(self._show_starting)
+        self.host_timer = QTimer(self)
+        self.host_timer.setInterval(1000)
+        self.host_timer.timeout.connect(self._check_host)
+        if source.host_pid is not None:
+            self.host_timer.start()
+        self.host_gone = False
         self.controls.prompt.setFocus()
         QTimer.singleShot(0, self.check_health)
 
@@ -683,6 +699,23 @@ class RestoreDialog(QDialog):
         button, self._press = self._press, None
         QTimer.singleShot(0, self.apply if button == "apply" else self.reject)
 
+    def _check_host(self) -> None:
+        """GIMP ends a plug-in outright (its Cancel, quitting, the image closed): then stop and close.
+
+        A result finished after that could not be delivered to anyone, so the backend job is canceled.
+        """
+        pid = self.source.host_pid
+        if pid is None or self.host_gone or _process_alive(pid):
+            return
+        self.host_gone = True
+        self.host_timer.stop()
+        print(
+            "The plug-in that opened this dialog has ended (canceled in GIMP, or GIMP closed the image); "
+            "the run is stopped and the dialog closes.",
+            file=sys.stderr,
+        )
+        self.close()
+
     def reject(self) -> None:
         """Esc and Cancel: stop a run if one is going, else close without a result."""
         if self._run is not None:
@@ -703,6 +736,7 @@ class RestoreDialog(QDialog):
             self._ending = True
             self.health_timer.stop()
             self.start_timer.stop()
+            self.host_timer.stop()
             self._save()
             self.workers.stop_all()
         super().done(result)

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -418,6 +419,37 @@ def test_cancel_stops_the_backend_job_and_leaves_nothing(
     assert finished.args == [QDialog.DialogCode.Rejected]
     assert not Path(job.result).exists() and not Path(job.answer).exists()
     assert sorted(p.name for p in Path(job.result).parent.iterdir()) == ["image.npy", "job.json"]
+
+
+def test_when_the_plugin_ends_the_dialog_stops_its_job_and_closes(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    """GIMP's Cancel kills the plug-in outright: the dialog notices, cancels its job, delivers nothing."""
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        job_file = make_job(
+            tmp_path / "job",
+            server.url,
+            settings={"params": {"steps": 200, "process_size": 512}},
+            host_pid=host.pid,
+        )
+        dialog = open_dialog(qtbot, job_file)
+        watcher = Client(server.url)
+        qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
+        job_id = dialog.job_id or ""
+        started = time.monotonic()
+        with qtbot.waitSignal(dialog.finished, timeout=30000) as finished:
+            host.kill()
+            host.wait()  # reaped, as GIMP reaps its plug-ins; a zombie counts as ended too
+        assert time.monotonic() - started < 10
+        assert finished.args == [QDialog.DialogCode.Rejected] and dialog.host_gone
+        wait_for(lambda: watcher.job(job_id).state == "canceled", timeout=30)
+        job = DialogJob.read(job_file)
+        assert not Path(job.result).exists() and not Path(job.answer).exists()
+    finally:
+        host.kill()
+        host.wait()
 
 
 def test_closing_the_window_during_a_run_cancels_it(

@@ -324,6 +324,7 @@ def dialog_job(task: str, folder: Path, backend: BackendSettings, settings: RunS
         models=backend.models,
         title=title,
         settings={**settings.values, "params": settings.backend_params()},
+        host_pid=os.getpid(),
     )
 
 
