@@ -35,7 +35,7 @@ from .models.registry import DEFAULT_MODEL_FOR_TASK
 from .models.store import InstalledModel, installed_models, resolve_model
 from .pipelines.captioner import Captioner, find_captioner
 from .pipelines.params import RestoreParams
-from .pipelines.pasd import DenoiseTiling, PasdPipeline, PreviewFn, model_widths
+from .pipelines.pasd import DenoiseTiling, PasdPipeline, PreviewFn, TraceFn, emit, model_widths
 from .pipelines.prescale import make_prescaler
 from .pipelines.preview import to_preview
 from .pipelines.prompt import colorize_words, join_prompt
@@ -236,15 +236,22 @@ class Engine:
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
         preview: PreviewFn | None = None,
+        trace: TraceFn | None = None,
     ) -> RestoreResult:
         """Restore (upscale) or colorize ``image`` (H×W or H×W×C, C in 1–4, uint8/uint16/float32).
 
         The result has the input's dtype and its channels (grey stays grey when upscaling; colorize
         turns grey into RGB); alpha is resized separately and kept. ``preview`` receives small
         H×W×3 uint8 pictures as the run goes: the pre-scaled input, each step's estimate, the result.
+        ``trace`` (for the parity test against the reference) receives float32 copies of the stages:
+        ``cond`` (the pre-scaled input), ``scale_map`` (with a mask), the pipeline's stages (see
+        :meth:`PasdPipeline.__call__`), ``color_fixed`` (upscale with the colour fix) and ``final``
+        (the result before alpha and bit depth); it does not change the result.
         """
         with self._lock, torch.inference_mode():
-            return self._restore(image, params, mask, model, progress, cancel or CancelToken(), preview)
+            return self._restore(
+                image, params, mask, model, progress, cancel or CancelToken(), preview, trace
+            )
 
     def _restore(
         self,
@@ -255,6 +262,7 @@ class Engine:
         progress: ProgressFn | None,
         cancel: CancelToken,
         preview: PreviewFn | None = None,
+        trace: TraceFn | None = None,
     ) -> RestoreResult:
         started = time.perf_counter()
         try:
@@ -278,7 +286,7 @@ class Engine:
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         try:
             out, prompt, negative, notes = self._run(
-                pixels, soft, params, plan, pipeline, seed, report, cancel, preview
+                pixels, soft, params, plan, pipeline, seed, report, cancel, preview, trace
             )
         except Canceled:
             raise
@@ -317,6 +325,7 @@ class Engine:
         report: ProgressFn,
         cancel: CancelToken,
         preview: PreviewFn | None = None,
+        trace: TraceFn | None = None,
     ) -> tuple[np.ndarray, str, str, list[str]]:
         notes: list[str] = []
         height, width, channels = pixels.shape
@@ -336,6 +345,7 @@ class Engine:
             prescaler = make_prescaler(params.prescaler, self.choice.device, self.choice.dtype)
             cond = prescaler(original.contiguous(), process, check_cancel=cancel.check).clamp_(0, 1)
         report("prescale", 1, 1)
+        emit(trace, "cond", cond)
         if preview is not None:
             preview(to_preview(cond))
 
@@ -344,6 +354,7 @@ class Engine:
             scale: torch.Tensor | float = m.mul_(params.fidelity_fg - params.fidelity_bg).add_(
                 params.fidelity_bg
             )
+            emit(trace, "scale_map", scale)
         else:
             scale = float(params.fidelity_bg)
 
@@ -384,6 +395,7 @@ class Engine:
             progress=report,
             check_cancel=cancel.check,
             preview=preview,
+            trace=trace,
         )
         del scale
         cancel.check()
@@ -391,6 +403,7 @@ class Engine:
         if params.task == "upscale":
             if params.color_fix:
                 restored = image_ops.wavelet_color_fix(restored, cond, tile=COLORFIX_BAND, in_place=True)
+                emit(trace, "color_fixed", restored)
             del cond
             result = image_ops.resize(restored, plan.output_size)
             del restored
@@ -403,6 +416,7 @@ class Engine:
             mask_t = torch.from_numpy(soft)[None, None] if soft is not None else None
             result = image_ops.transfer_colour(original, colour, mask_t)
             colour_channels = 3
+        emit(trace, "final", result)
         out = result[0].permute(1, 2, 0).numpy()
         if has_alpha:
             alpha = torch.from_numpy(image_ops.to_float(pixels[..., -1:])).permute(2, 0, 1)[None]

@@ -282,6 +282,47 @@ def test_previews_follow_the_run_and_do_not_change_it(engine: Engine) -> None:
     assert abs(shown[-1].shape[0] / shown[-1].shape[1] - 80 / 112) < 0.05
 
 
+def test_trace_sees_every_stage_and_does_not_change_the_run(engine: Engine) -> None:
+    """The stage trace (for the parity test against the reference) only looks: same result, and what
+    it got are copies that later in-place work (the colour fix) does not touch."""
+    img = rgb(40, 56)
+    params = FAST.with_(scale=2.0, steps=3)
+    seen: dict[str, torch.Tensor] = {}
+    names: list[str] = []
+
+    def trace(name: str, tensor: torch.Tensor) -> None:
+        names.append(name)
+        seen[name] = tensor
+
+    traced = engine.restore(img, params, model="tiny-full", trace=trace)
+    plain = engine.restore(img, params, model="tiny-full")
+    assert np.array_equal(traced.image, plain.image)
+    assert names == [
+        "cond",
+        "prompt_embeds",
+        "init_latents",
+        "noise",
+        "added_noise",
+        "noised_start",
+        "step_0",
+        "step_1",
+        "step_2",
+        "decoded",
+        "color_fixed",
+        "final",
+    ]
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in seen.values())
+    assert not torch.equal(seen["decoded"], seen["color_fixed"])
+    assert seen["prompt_embeds"].shape[0] == 2 and seen["decoded"].shape == (1, 3, 256, 360)
+
+    mask = np.zeros((40, 56), np.float32)
+    mask[10:30, 10:40] = 1
+    names.clear()
+    with_mask = engine.restore(img, params, mask=mask, model="tiny-full", trace=trace)
+    assert np.array_equal(with_mask.image, engine.restore(img, params, mask=mask, model="tiny-full").image)
+    assert names[:2] == ["cond", "scale_map"] and seen["scale_map"].shape == (1, 1, 256, 360)
+
+
 def test_latent_preview_fit_recovers_a_linear_decoder() -> None:
     from backend.pipelines.preview import LatentPreview
 

@@ -529,7 +529,7 @@ def test_a_full_disk_fails_jobs_plainly_and_the_service_recovers(
         os.utime(stale, (time.time() - 7200, time.time() - 7200))
     fill(small_disk)
     with ServerProcess(models, tmp_path, data=data) as restarted:
-        assert "warning: only" in restarted.output and "free" in restarted.output
+        assert "warning: Only" in restarted.output and "free" in restarted.output
         client = restarted.client()
         health = client.health()
         assert health.status == "ok" and health.warnings

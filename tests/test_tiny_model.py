@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UniPCMultistepScheduler
+from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from backend.models.manifest import read_manifest
@@ -47,6 +48,9 @@ def test_cli_writes_a_loadable_model(tmp_path: Path, variant: str) -> None:
     assert f"PASD-{manifest.variant}" in inspected.stdout
 
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    # SD1.5's key names, which transformers 4 (the reference's) needs; transformers 5 drops the prefix
+    keys = load_file(str(folder / "text_encoder" / "model.safetensors"))
+    assert keys and all(k.startswith("text_model.") for k in keys)
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
     ids = tokenizer(["clean, high-resolution, 8k"], padding="max_length", max_length=77, return_tensors="pt")
     with torch.no_grad():

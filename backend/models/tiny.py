@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UniPCMultistepScheduler
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .controlnet import PasdControlNetModel
@@ -193,6 +193,18 @@ def tiny_vae_config() -> dict[str, Any]:
     )
 
 
+def _save_text_encoder(folder: Path, model: CLIPTextModel) -> None:
+    """``save_pretrained``, with the official key names: SD1.5's ``text_encoder/model.safetensors`` (and
+    transformers 4, which the reference pins) has ``text_model.``-prefixed keys; transformers 5 writes
+    them without the prefix and reads both, transformers 4 would silently leave the weights random."""
+    model.save_pretrained(str(folder))
+    path = folder / "model.safetensors"
+    state = load_file(str(path))
+    if not all(k.startswith("text_model.") for k in state):
+        state = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
+        save_file(state, str(path), metadata={"format": "pt"})
+
+
 def write_pasd_components(folder: Path, variant: Literal["full", "light"], use_rrdb: bool, seed: int) -> None:
     """``unet/`` and ``controlnet/`` of a tiny PASD checkpoint."""
     gen = torch.Generator().manual_seed(seed)
@@ -236,7 +248,7 @@ def write_tiny_model(
     )
     text_encoder = CLIPTextModel(text_cfg)
     _randomize(text_encoder, gen)
-    text_encoder.save_pretrained(str(root / "text_encoder"))
+    _save_text_encoder(root / "text_encoder", text_encoder)
 
     vae = AutoencoderKL(**tiny_vae_config())
     _randomize(vae, gen)

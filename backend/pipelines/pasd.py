@@ -33,6 +33,9 @@ from .tiling import Tile, blend_weights, plan_tiles
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], None]
 PreviewFn = Callable[[np.ndarray], None]
+# Receives named intermediate tensors (float32 copies on the CPU) of one run, for comparing the stages
+# with the reference implementation; see :meth:`PasdPipeline.__call__` for the names.
+TraceFn = Callable[[str, torch.Tensor], None]
 
 
 def _no_progress(stage: str, step: int, total: int) -> None:
@@ -41,6 +44,12 @@ def _no_progress(stage: str, step: int, total: int) -> None:
 
 def _no_cancel() -> None:
     return None
+
+
+def emit(trace: TraceFn | None, name: str, tensor: torch.Tensor) -> None:
+    """Hand ``trace`` a float32 CPU copy of ``tensor`` (later in-place work must not alter what it got)."""
+    if trace is not None:
+        trace(name, tensor.detach().to(device="cpu", dtype=torch.float32, copy=True))
 
 
 @dataclass(frozen=True)
@@ -166,12 +175,17 @@ class PasdPipeline:
         progress: ProgressFn = _no_progress,
         check_cancel: CancelFn = _no_cancel,
         preview: PreviewFn | None = None,
+        trace: TraceFn | None = None,
     ) -> torch.Tensor:
         """Restore ``image`` ([1, 3, H, W] in [0, 1], H and W multiples of 8, on the CPU).
 
         Returns [1, 3, H, W] float32 in [0, 1] on the CPU. ``scale_map`` is a float or a
         [1, 1, H, W] map of ControlNet scales (region fidelity). ``preview`` gets a small RGB
-        picture of the current estimate after every step.
+        picture of the current estimate after every step. ``trace``, if given, gets copies of the
+        stages in order (the parity test compares them with the reference's): ``prompt_embeds``
+        ([uncond, cond] or [cond]), ``init_latents`` (the VAE's sample, scaled), the two noise draws
+        ``noise`` and ``added_noise``, ``noised_start``, ``step_0`` … ``step_{n-1}`` (latents after
+        each solver step) and ``decoded``. Tracing only copies: the result does not change.
         """
         if image.ndim != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"image must be [1, 3, H, W], got {list(image.shape)}")
@@ -187,6 +201,7 @@ class PasdPipeline:
 
         check_cancel()
         embeddings = self.encode_prompt(prompt, negative_prompt, cfg)
+        emit(trace, "prompt_embeds", embeddings)
 
         scheduler = UniPCMultistepScheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(steps, device=device)
@@ -194,11 +209,12 @@ class PasdPipeline:
 
         with self._on_device(self.vae):
             init = self._encode(image, vae_tiling, generator, progress, check_cancel)
+        emit(trace, "init_latents", init)
         on_step = None
         if preview is not None:
             previewer = LatentPreview(init, image)
             on_step = lambda estimate: preview(previewer(estimate))  # noqa: E731
-        latents = self._noised_start(scheduler, init, timesteps[:1], added_noise_level, generator)
+        latents = self._noised_start(scheduler, init, timesteps[:1], added_noise_level, generator, trace)
         del init
 
         with self._on_device(self.unet, self.controlnet):
@@ -213,10 +229,13 @@ class PasdPipeline:
                 progress,
                 check_cancel,
                 on_step,
+                trace,
             )
 
         with self._on_device(self.vae):
-            return self._decode(latents, vae_tiling, progress, check_cancel)
+            decoded = self._decode(latents, vae_tiling, progress, check_cancel)
+        emit(trace, "decoded", decoded)
+        return decoded
 
     def denoise(
         self,
@@ -230,10 +249,12 @@ class PasdPipeline:
         progress: ProgressFn = _no_progress,
         check_cancel: CancelFn = _no_cancel,
         on_step: Callable[[torch.Tensor], None] | None = None,
+        trace: TraceFn | None = None,
     ) -> torch.Tensor:
         """The sampling loop: per step, blend the tiles' guided predictions, then step the whole latent.
 
-        ``on_step`` gets the clean-latent estimate of each step (shrunk to preview size first).
+        ``on_step`` gets the clean-latent estimate of each step (shrunk to preview size first);
+        ``trace`` the latents after each step, as ``step_{i}``.
         """
         lh, lw = latents.shape[-2:]
         plan = tiling or DenoiseTiling(max(lh, lw), 0)
@@ -252,6 +273,7 @@ class PasdPipeline:
             if on_step is not None:
                 on_step(_clean_estimate(scheduler, latents, noise, t))
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            emit(trace, f"step_{i}", latents)
         progress("denoise", len(timesteps), len(timesteps))
         return latents
 
@@ -262,6 +284,7 @@ class PasdPipeline:
         first: torch.Tensor,
         added_noise_level: int,
         generator: torch.Generator,
+        trace: TraceFn | None = None,
     ) -> torch.Tensor:
         """PASD's start: the encoded input noised to the first timestep, then to ``added_noise_level``.
 
@@ -275,7 +298,11 @@ class PasdPipeline:
         latents = scheduler.add_noise(init, noise, first.repeat(init.shape[0]))
         added = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
         latents = renoise(latents, added, added_noise_level, scheduler.alphas_cumprod)
-        return latents * scheduler.init_noise_sigma
+        latents = latents * scheduler.init_noise_sigma
+        emit(trace, "noise", noise)
+        emit(trace, "added_noise", added)
+        emit(trace, "noised_start", latents)
+        return latents
 
     def _predict(
         self,

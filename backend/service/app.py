@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +36,16 @@ from .config import API_VERSION, ServerConfig
 from .downloads import Downloads
 from .guard import BodyTooLarge, RequestGuard
 from .images import CONTENT_TYPES, ImageStore, UnknownImage, UploadError
-from .jobs import JobQueue, QueueFull, StorageFull, UnknownJob, disk_full_message, is_disk_full
+from .jobs import (
+    JobQueue,
+    QueueFull,
+    StorageFull,
+    UnknownJob,
+    disk_full_message,
+    free_space,
+    is_disk_full,
+    low_disk_warning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +419,6 @@ EMPTY_JSON_BODY: dict[str, Any] = {
     }
 }
 CHALLENGE = re.compile(r"[0-9a-fA-F]{16,128}")
-LOW_DISK = 512 * 2**20  # bytes free below which health warns
 
 
 def _full_health(s: Services, status: str, proofs: list[str] | None, problems: list[str]) -> schemas.Health:
@@ -420,21 +427,15 @@ def _full_health(s: Services, status: str, proofs: list[str] | None, problems: l
     queued, running = s.jobs.counts()
     data = s.config.resolved_data_dir()
     warnings = []
-    try:
-        disk_free: int | None = shutil.disk_usage(data).free
-    except OSError:
-        disk_free = None
     models = s.config.resolved_models_dir()
     if not models.is_dir():
         warnings.append(
             f"The model folder {models} does not exist: if it is on a drive, connect the drive; "
             "otherwise run the installer again, which makes it and downloads the models."
         )
-    if disk_free is not None and disk_free < LOW_DISK:
-        warnings.append(
-            f"Only {disk_free / 2**20:.0f} MiB are free on the disk of {data}; uploads and results "
-            "will fail when it is full."
-        )
+    low_disk = low_disk_warning(data)
+    if low_disk:
+        warnings.append(low_disk)
     return schemas.Health(
         status=status,
         api=API_VERSION,
@@ -451,7 +452,7 @@ def _full_health(s: Services, status: str, proofs: list[str] | None, problems: l
         loaded_model=s.engine.loaded_model,
         queue=schemas.QueueInfo(queued=queued, running=running, limit=s.config.queue_size),
         log_file=str(s.log_file) if s.log_file else None,
-        disk_free_bytes=disk_free,
+        disk_free_bytes=free_space(data),
         problems=problems,
         warnings=warnings,
     )

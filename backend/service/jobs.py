@@ -71,12 +71,34 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
-def disk_full_message(folder: Path) -> str:
+LOW_DISK = 512 * 2**20  # bytes free below which the server warns (start-up, health)
+
+
+def free_space(folder: Path) -> int | None:
+    """Bytes free on the disk that holds (or will hold) ``folder``; None when unknown."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        free = shutil.disk_usage(folder).free
-        left = f" ({free / 2**20:.0f} MiB left)"
+        return shutil.disk_usage(probe).free
     except OSError:
-        left = ""
+        return None
+
+
+def low_disk_warning(folder: Path) -> str | None:
+    """A sentence when ``folder``'s disk is nearly full, before uploads and results start failing."""
+    free = free_space(folder)
+    if free is None or free >= LOW_DISK:
+        return None
+    return (
+        f"Only {free / 2**20:.0f} MiB are free on the disk of {folder}; uploads and results fail while "
+        "the disk is full. Free some space there."
+    )
+
+
+def disk_full_message(folder: Path) -> str:
+    free = free_space(folder)
+    left = f" ({free / 2**20:.0f} MiB left)" if free is not None else ""
     return (
         f"The server's disk is full{left}: nothing could be saved in {folder}. Free some space there "
         "(or delete finished jobs), then try again."

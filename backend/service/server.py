@@ -13,7 +13,6 @@ import logging
 import logging.handlers
 import os
 import secrets
-import shutil
 import socket
 import sys
 from pathlib import Path
@@ -138,22 +137,6 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def disk_warning(folder: Path) -> str | None:
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = shutil.disk_usage(probe).free
-    except OSError:
-        return None
-    if free >= 512 * 2**20:
-        return None
-    return (
-        f"warning: only {free / 2**20:.0f} MiB are free on the disk of {folder}; the server starts, but "
-        "uploads and results fail while the disk is full. Free some space there."
-    )
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from ..client import Client, ClientError
 
@@ -256,10 +239,12 @@ def run_serve(args: argparse.Namespace) -> int:
         private_folder(data)
     except OSError as exc:
         print(f"warning: cannot create the data folder {data}: {exc.strerror or exc}", file=sys.stderr)
-    warning = disk_warning(data)
+    from .jobs import low_disk_warning  # here: it imports the engine (torch), which `token` needs not
+
+    warning = low_disk_warning(data)
     if warning:
-        print(warning, file=sys.stderr, flush=True)
-        log.warning("%s", warning.removeprefix("warning: "))
+        print(f"warning: {warning} The server starts anyway.", file=sys.stderr, flush=True)
+        log.warning("%s", warning)
     log.info(
         "starting on %s (models %s, data %s)",
         config.url,
