@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from platformdirs import PlatformDirs
 
 from backend import paths as backend_paths
+from backend.image_io import read_image, write_image
 from backend.models import store
 from gimp_plugin import CLIENT_NAME, PLUGIN_FILES, plugin_source
 from installer import environment
@@ -28,6 +30,7 @@ from installer.platform_paths import Platform, find_gimp_profiles
 from installer.state import STATE_NAME, write_private
 from installer.torch_choice import MachineFacts, TorchChoiceError, choose_torch, probe_machine
 
+from .conftest import run_backend
 from .fake_hub import FakeHub
 from .gimp_harness import Gimp, GimpUnavailable
 from .test_download import make_repos
@@ -382,6 +385,16 @@ def test_models_download_with_a_size_estimate_verify_repair_and_purge(tmp_path: 
             "pasd": ("upscale",),
             "pasd-color": ("colorize",),
         }
+        # The installed colour model runs (v-prediction, its own zero-SNR scheduler).
+        grey = tmp_path / "grey.png"  # outside the fake user's home, which must end up pristine
+        write_image(grey, np.random.default_rng(0).integers(0, 256, (24, 32, 1), dtype=np.uint8))
+        ran = run_backend(
+            "colorize", str(grey), "-o", str(tmp_path / "colour.png"), "--steps", "2",
+            "--process-size", "256", "--seed", "1", "--models", str(models), "--model", "pasd-color",
+            OMP_NUM_THREADS="1",
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert read_image(tmp_path / "colour.png").shape == (24, 32, 3)
 
         requests = len(hub.requests)
         again = ok(home.install(**hub_env))
