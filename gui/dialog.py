@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -66,7 +67,7 @@ from .settings import (
     merge_host,
     random_seed,
 )
-from .widgets import Banner, StatusLine
+from .widgets import Banner, StatusLine, format_bytes
 from .workers import Call, DownloadRun, JobRun, JobSpec, Upload, Workers
 
 PREVIEW_SIDE = 256  # input pixels of the preview crop: quick, yet enough to judge texture
@@ -115,6 +116,16 @@ def explain(exc: BaseException) -> str:
     return (
         f"Something unexpected went wrong ({type(exc).__name__}: {exc}). Details are in the terminal output."
     )
+
+
+LARGE_DOWNLOAD = 1 << 30  # bytes; Install… asks before downloading more
+MANUAL_DOWNLOAD = "README, section Models (download the files elsewhere and copy them in)"
+
+
+def first_line(text: str | None) -> str:
+    """The first sentence of a long message (the banner is one short line; the rest goes in its tooltip)."""
+    line = (text or "no reason given").strip().splitlines()[0].strip()
+    return line if len(line) <= 200 else line[:197] + "…"
 
 
 def _process_alive(pid: int) -> bool:
@@ -469,7 +480,7 @@ class RestoreDialog(QDialog):
             )
 
     def install_model(self, model_id: str) -> None:
-        if self._download is not None or not model_id:
+        if self._download is not None or not model_id or not self._confirm_download(model_id):
             return
         run = DownloadRun(self.client, model_id)
         run.signals.progress.connect(self._download_progress)
@@ -479,6 +490,23 @@ class RestoreDialog(QDialog):
         self._update_buttons()
         self.controls.show_download(None, model_id)
         self.workers.start(run)
+
+    def _confirm_download(self, model_id: str) -> bool:
+        """Ask before gigabytes: what it is, how large, under which licence."""
+        spec = next((m for m in self.models.get("downloadable", []) if m.get("id") == model_id), {})
+        size = int(spec.get("size_bytes") or 0)
+        if size < LARGE_DOWNLOAD:
+            return True
+        answer = QMessageBox.question(
+            self,
+            "Download a model",
+            f"Download {spec.get('title') or model_id} ({format_bytes(size)}) to the backend's model "
+            f"folder? It comes from the Hugging Face hub under the licence {spec.get('licence', 'stated')}, "
+            "and takes a while; the dialog stays usable meanwhile.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def _download_progress(self, status: DownloadStatus) -> None:
         self.controls.show_download(status)
@@ -491,7 +519,11 @@ class RestoreDialog(QDialog):
             self._select_after_load = status.model
             self.load_models()
         else:
-            self.banner.show_message(f"The download of {status.model} failed: {status.error}")
+            self.banner.show_message(
+                f"The download of {status.model} failed: {first_line(status.error)} Manual "
+                f"instructions: {MANUAL_DOWNLOAD}."
+            )
+            self.banner.setToolTip(status.error or "")
             self._fill_models(self.controls.model_combo.currentData())
 
     def _download_failed(self, exc: BaseException) -> None:
@@ -624,7 +656,7 @@ class RestoreDialog(QDialog):
     def _run_canceled(self, job: JobInfo | None) -> None:
         asked = self._run is not None and self._run.stopping
         self.last_job = job or self.last_job
-        self._end_run()
+        self._end_run("Stopped")
         self.progress.setValue(0)
         if asked:
             self.progress_label.setText("Stopped; the backend dropped the job.")
@@ -636,7 +668,7 @@ class RestoreDialog(QDialog):
             self.done(QDialog.DialogCode.Rejected)
 
     def _run_failed(self, exc: BaseException) -> None:
-        self._end_run()
+        self._end_run("Failed")
         self.progress.setValue(0)
         self.progress_label.setText("Failed.")
         message = explain(exc)
@@ -648,7 +680,8 @@ class RestoreDialog(QDialog):
         if self._close_when_stopped:
             self.done(QDialog.DialogCode.Rejected)
 
-    def _end_run(self) -> None:
+    def _end_run(self, outcome: str = "") -> None:
+        """``outcome`` ("Stopped", "Failed") labels what a preview left behind: never "Live" after a run."""
         kind = self._run_kind
         self._run, self._run_kind = None, ""
         self._set_busy(False)
@@ -656,6 +689,8 @@ class RestoreDialog(QDialog):
             self._before_key = None
             self._show_before()
             self.split_view.set_after(self._preview_after)
+        elif outcome:
+            self.split_view.set_after_label(outcome)
 
     def stop_run(self) -> None:
         """Cancel the running job on the backend; the dialog stays open and editable."""

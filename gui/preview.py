@@ -239,6 +239,10 @@ class SplitView(QWidget):
         self._labels = (self._labels[0], label)
         self.update()
 
+    @property
+    def after_label(self) -> str:
+        return self._labels[1]
+
     def set_after_label(self, label: str) -> None:
         self._labels = (self._labels[0], label)
         self.update()

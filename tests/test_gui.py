@@ -22,8 +22,8 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any QApplication exists
 pytest.importorskip("pytestqt", reason="the dialog's tests need pytest-qt (and PySide6)")
 
 import numpy as np
-from PySide6.QtCore import QPoint, Qt
-from PySide6.QtWidgets import QComboBox, QDialog
+from PySide6.QtCore import QPoint, Qt, QTimer
+from PySide6.QtWidgets import QApplication, QComboBox, QDialog, QMessageBox
 
 from backend.client import (
     DIALOG_EXIT_APPLIED,
@@ -452,6 +452,20 @@ def test_when_the_plugin_ends_the_dialog_stops_its_job_and_closes(
         host.wait()
 
 
+def test_a_stopped_preview_is_labelled_stopped_not_live(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    dialog = open_dialog(qtbot, make_job(tmp_path / "job", server.url, mask=False))
+    dialog.controls.steps.setValue(200)
+    dialog.controls.process_size.setValue(512)
+    qtbot.mouseClick(dialog.preview_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.live_previews > 0, timeout=60000)
+    assert dialog.split_view.after_label == "Live"
+    qtbot.mouseClick(dialog.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not dialog.running, timeout=30000)
+    assert dialog.split_view.after_label == "Stopped"
+
+
 def test_closing_the_window_during_a_run_cancels_it(
     qtbot: Any, server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -490,6 +504,20 @@ def test_install_downloads_a_model_and_shows_its_progress(qtbot: Any, tmp_path: 
         offered = {action.data(): action for action in c.install_menu.actions()}
         assert {"pasd", "pasd-light"} <= set(offered) and "pasd-color" not in offered  # this task's only
         assert "GB" in offered["pasd"].text()
+        # Gigabytes are not fetched on one click: first No (nothing starts), then Yes.
+        answers: list[str] = []
+
+        def answer(button: QMessageBox.StandardButton) -> None:
+            box = QApplication.activeModalWidget()
+            assert isinstance(box, QMessageBox), box
+            answers.append(box.text())
+            box.button(button).click()
+
+        QTimer.singleShot(200, lambda: answer(QMessageBox.StandardButton.No))
+        offered["pasd"].trigger()
+        assert answers and "GB" in answers[0] and "licence" in answers[0]
+        assert not c.download_bar.isVisibleTo(dialog) and dialog._download is None
+        QTimer.singleShot(200, lambda: answer(QMessageBox.StandardButton.Yes))
         offered["pasd"].trigger()
         assert c.download_bar.isVisibleTo(dialog) and not c.install_button.isEnabled()
         qtbot.waitUntil(lambda: c.model_combo.findData("pasd") >= 0, timeout=120000)
