@@ -344,6 +344,35 @@ def test_dialog_job_and_answer_map_to_the_procedure(tmp_path: Path) -> None:
     assert record["seed"] == 77 and record["job"] == "abc" and record["region"] == [1, 2, 3, 4]
 
 
+def test_a_broken_backend_environment_is_one_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong Python in diffusion_upscale.json, or one without the backend: one message that says
+    what to do (no fallback dialog that cannot work either, no "[Errno 2]")."""
+    from .service_server import ROOT
+
+    monkeypatch.chdir(ROOT)
+    config = tmp_path / core.CONFIG_NAME
+    config.write_text(json.dumps({"url": "http://127.0.0.1:9", "python": str(tmp_path / "gone" / "python")}))
+    settings = core.load_backend_settings(tmp_path, {})
+    start = core.RunSettings.from_values("upscale", {"scale": 2})
+    job = core.dialog_job("upscale", tmp_path, settings, start, "test.png", has_mask=False)
+    with pytest.raises(core.EnvironmentBroken) as gone:
+        core.run_dialog(settings, job, tmp_path / "job.json")
+    message = str(gone.value)
+    assert "does not exist" in message and str(config) in message and "installer" in message
+    assert "Errno" not in message
+    with pytest.raises(core.EnvironmentBroken, match="does not exist"):
+        core.connect(settings)  # Repeat (non-interactive) says the same, not "[Errno 2]"
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    if Path(base).resolve() == Path(sys.executable).resolve():
+        return  # not in a virtual environment: no Python without the backend at hand
+    bare = core.BackendSettings(url="http://127.0.0.1:9", python=base)
+    with pytest.raises(core.EnvironmentBroken, match="has no GIMP Diffusion Upscale backend"):
+        core.run_dialog(bare, job, tmp_path / "job.json")
+
+
 def test_the_plugin_runs_the_real_dialog_and_reads_its_answer(
     backend: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

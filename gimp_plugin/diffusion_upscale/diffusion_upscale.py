@@ -198,6 +198,8 @@ class Runner:
             Gimp.progress_init(f"Diffusion {self.task}: the dialog is open")
             try:
                 answer = core.run_dialog(backend, job, Path(folder) / "job.json")
+            except core.EnvironmentBroken:
+                raise  # GIMP's own dialog would need the same environment: one message, not two
             except core.PluginError as exc:
                 Gimp.message(f"{exc}\nUsing GIMP's own dialog instead.")
                 return self._run_with_gimp_dialog(procedure, config, source)

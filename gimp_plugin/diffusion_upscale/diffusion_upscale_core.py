@@ -34,6 +34,10 @@ class PluginError(Exception):
     """A problem to show the user in plain words (then the procedure returns an execution error)."""
 
 
+class EnvironmentBroken(PluginError):
+    """The backend environment itself cannot run: GIMP's own dialog could not work either."""
+
+
 # --------------------------------------------------------------------------- arguments
 @dataclass(frozen=True)
 class Argument:
@@ -328,6 +332,21 @@ def dialog_job(task: str, folder: Path, backend: BackendSettings, settings: RunS
     )
 
 
+REPAIR_ADVICE = (
+    "Run the installer again (python3 installer/install.py) to repair the backend environment; "
+    "its doctor (python -m backend doctor, with that environment's Python) says what is wrong."
+)
+
+
+def check_environment(backend: BackendSettings) -> None:
+    """The backend environment's Python must exist before anything is started with it."""
+    if backend.python and not Path(backend.python).is_file():
+        where = f" (set in {backend.config_file})" if backend.config_file else ""
+        raise EnvironmentBroken(
+            f"The backend environment's Python {backend.python}{where} does not exist. {REPAIR_ADVICE}"
+        )
+
+
 def run_dialog(
     backend: BackendSettings, job: client.DialogJob, job_file: Path, extra_args: tuple[str, ...] = ()
 ) -> client.DialogAnswer | None:
@@ -340,6 +359,7 @@ def run_dialog(
 
     if not backend.python:
         raise PluginError("The dialog needs the backend environment (run the installer).")
+    check_environment(backend)
     job.write(job_file)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
     try:
@@ -356,7 +376,14 @@ def run_dialog(
     if done.returncode == client.DIALOG_EXIT_CANCELED:
         return None
     if done.returncode != client.DIALOG_EXIT_APPLIED:
-        tail = "\n".join((done.stderr or "").strip().splitlines()[-6:])
+        lines = (done.stderr or "").strip().splitlines()
+        missing = [line for line in lines if "No module named" in line]
+        if missing:
+            raise EnvironmentBroken(
+                f"The Python {backend.python} has no GIMP Diffusion Upscale backend ({missing[-1].strip()}). "
+                f"{REPAIR_ADVICE}"
+            )
+        tail = "\n".join(lines[-6:])
         raise PluginError(f"The dialog stopped with exit code {done.returncode}:\n{tail}")
     return client.DialogAnswer.read(job.answer)
 
@@ -416,6 +443,9 @@ def connect(settings: BackendSettings, on_wait: Any = None) -> client.Client:
         connection = client.Client(settings.url, token=settings.token)
         connection.health()
         return connection
+    except client.ServerStartError as exc:
+        check_environment(settings)  # a Python that is gone says so, not "[Errno 2]"
+        raise PluginError(f"{exc}\n{REPAIR_ADVICE}") from exc
     except client.ServerUnreachable as exc:
         hint = (
             ""
