@@ -46,6 +46,7 @@ from backend.client import (
     Health,
     JobFailed,
     JobInfo,
+    NotOurServer,
     RawImage,
     ServerUnreachable,
     ensure_server,
@@ -414,7 +415,9 @@ class RestoreDialog(QDialog):
         detail = "" if isinstance(exc, ServerUnreachable) else explain(exc)
         if isinstance(exc, ServerUnreachable) and not is_loopback(self.client.host):
             detail = "It runs on another computer: start it there."
-        self.status.unreachable(self.client.url, detail, self.log_path(), is_loopback(self.client.host))
+        # Starting a backend cannot help while another program holds the port.
+        can_start = local and not isinstance(exc, NotOurServer)
+        self.status.unreachable(self.client.url, detail, self.log_path(), can_start)
         self.health_timer.start()
         self._update_buttons()
 

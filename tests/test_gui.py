@@ -578,6 +578,22 @@ def test_a_missing_model_folder_is_named_not_offered_for_download(
         assert "Install" not in message
 
 
+def test_another_program_on_the_port_is_named_without_its_html(qtbot: Any, tmp_path: Path) -> None:
+    from .test_service_security import Squatter
+
+    squatter = Squatter(b"<html><body><h1>Another web app</h1></body></html>")
+    try:
+        dialog = open_dialog(qtbot, make_job(tmp_path / "job", squatter.url, mask=False), connected=False)
+        qtbot.waitUntil(lambda: dialog.status.state == "unreachable", timeout=15000)
+        text = dialog.status.text.text()
+        assert "is not your GIMP Diffusion Upscale backend" in text and "another port" in text
+        assert "<html" not in text and "<html" not in dialog.banner.message
+        assert not dialog.status.start.isVisibleTo(dialog)  # starting one could not help
+        assert dialog.spawned is None and b"Authorization" not in bytes(squatter.received)
+    finally:
+        squatter.close()
+
+
 def test_a_backend_that_cannot_start_says_so_and_start_stays_available(qtbot: Any, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     job_file = make_job(tmp_path / "job", url, python=str(tmp_path / "no-python"), mask=False)
