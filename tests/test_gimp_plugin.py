@@ -216,35 +216,52 @@ def test_gimp_lists_both_procedures(gimp: Gimp, backend: ServerProcess) -> None:
     assert "color-mode" in colorize["args"] and "scale" not in colorize["args"]
 
 
-def test_upscale_a_feathered_selection_of_an_offset_layer(gimp: Gimp, backend: ServerProcess) -> None:
+@pytest.mark.parametrize("scale", [1, 2, 4])
+@pytest.mark.parametrize("selected", [True, False], ids=["selection", "whole-layer"])
+def test_upscale_keeps_the_document_aligned(
+    gimp: Gimp, backend: ServerProcess, scale: int, selected: bool
+) -> None:
+    """Two layers, one offset; the result and every layer at the new scale, the patch over its source."""
     data = run_in_gimp(
         gimp,
         f"""
         img, layer, fmt = make_image(80, 56, P.U8_NON_LINEAR, layer_size=(60, 40), offsets=(8, 4))
-        img.select_ellipse(Gimp.ChannelOps.REPLACE, 24, 12, 30, 22)
-        Gimp.Selection.feather(img, 6.0)
+        other = Gimp.Layer.new(img, 'other', 20, 10, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+        img.insert_layer(other, None, 1)  # below the source
+        other.set_offsets(30, 20)
+        if {selected}:
+            img.select_ellipse(Gimp.ChannelOps.REPLACE, 24, 12, 30, 22)
+            Gimp.Selection.feather(img, 6.0)
         bounds = list(Gimp.Selection.bounds(img))[1:]
         before = pixels(layer, fmt)
-        status, error = call('plug-in-diffusion-upscale', img, layer, scale=2, context_margin=8, {FAST})
+        status, error = call('plug-in-diffusion-upscale', img, layer, scale={scale}, context_margin=8, {FAST})
         save({{'status': status, 'error': error, 'bounds': bounds, 'image': describe(img),
               'source_unchanged': pixels(layer, fmt) == before}})
         """,
         backend.url,
     )
     assert data["status"] == "success", data["error"] + data["_output"][-3000:]
-    x1, y1, x2, y2 = data["bounds"][1:]
-    region = core.plan_region(R(8, 4, 60, 40), R(x1, y1, x2 - x1, y2 - y1), margin=8)
+    non_empty, x1, y1, x2, y2 = data["bounds"]
+    selection = R(x1, y1, x2 - x1, y2 - y1) if non_empty else None
+    region = core.plan_region(R(8, 4, 60, 40), selection, margin=8)
+    s = scale
     image = data["image"]
-    assert image["size"] == [160, 112]  # canvas scaled by the factor
-    new, source = image["layers"]  # the new layer sits directly above the source
-    assert new["name"] == "Diffusion upscale ×2 (seed 5)"
-    assert new["size"] == [region.width * 2, region.height * 2]
-    assert new["offsets"] == [region.x * 2, region.y * 2]
+    assert image["size"] == [80 * s, 56 * s]  # the canvas and every layer scaled by the factor
+    new, source, other = image["layers"]  # the new layer sits directly above the source
+    assert new["name"] == f"Diffusion upscale ×{s} (seed 5)"
+    assert new["size"] == [region.width * s, region.height * s]
+    assert new["offsets"] == [region.x * s, region.y * s]  # exactly over its source area
+    assert source["name"] == "source" and source["size"] == [60 * s, 40 * s]
+    assert source["offsets"] == [8 * s, 4 * s]
+    assert other["size"] == [20 * s, 10 * s] and other["offsets"] == [30 * s, 20 * s]
+    if s == 1:  # "restore this face" in place: the source is untouched
+        assert data["source_unchanged"]
     mask = new["mask"]
-    assert mask is not None and mask["size"] == new["size"]
-    assert mask["centre"] == 255 and mask["corner"] == 0 and mask["levels"] > 4  # feathered: soft levels
-    assert source["name"] == "source" and source["size"] == [60, 40] and source["offsets"] == [8, 4]
-    assert data["source_unchanged"]
+    if selected:
+        assert mask is not None and mask["size"] == new["size"]
+        assert mask["centre"] == 255 and mask["corner"] == 0 and mask["levels"] > 4  # feathered
+    else:
+        assert mask is None and region == R(8, 4, 60, 40)
     record = new["parasite"]
     assert record["task"] == "upscale" and record["seed"] == 5 and record["model"] == "tiny-full"
     assert record["region"] == [region.x, region.y, region.width, region.height]

@@ -285,11 +285,19 @@ class Runner:
         return mfmt.babl, values
 
     def _fill(self, target, result, mask_values) -> None:  # type: ignore[no-untyped-def]
+        self._fill_pixels(target, result)
+        self._finish_layer(target, result, mask_values)
+
+    def _fill_pixels(self, target, result) -> None:  # type: ignore[no-untyped-def]
         fmt = core.result_format(result.channels, result.dtype)
         whole = Gegl.Rectangle.new(0, 0, result.width, result.height)
         buffer = target.get_buffer()
         buffer.set(whole, fmt.babl, bytes(result.data))
         buffer.flush()
+
+    def _finish_layer(self, target, result, mask_values) -> None:  # type: ignore[no-untyped-def]
+        """The layer mask from the selection and the colour mode (once the layer is in the image)."""
+        whole = Gegl.Rectangle.new(0, 0, result.width, result.height)
         if mask_values is not None:
             layer_mask = target.create_mask(Gimp.AddMaskType.WHITE)
             target.add_mask(layer_mask)
@@ -307,38 +315,49 @@ class Runner:
         )
 
     def _new_layer(self, source, region, selection, outcome, result) -> None:  # type: ignore[no-untyped-def]
+        """The result as a layer above the source, in one undo step.
+
+        Upscaling scales the whole image first (every layer, channel and the selection, as Image →
+        Scale Image does), so all layers stay aligned and the restored pixels sit exactly over their
+        source area; the source layer stays below as the scaled original to compare with.
+        """
         image = self.image
         scale = self.settings.scale
         width, height = image.get_width(), image.get_height()
         mask_values = self._mask_values(region, scale) if selection is not None else None
         name = core.layer_name(self.task, scale, outcome.seed)
+        # The pixels go into the new layer before the image changes: most failures happen here, and
+        # then the image is left exactly as it was.
+        created = Gimp.Layer.new(
+            image, name, result.width, result.height, self._layer_type(result.channels), 100.0,
+            Gimp.LayerMode.NORMAL,
+        )  # fmt: skip
+        self._fill_pixels(created, result)
         image.undo_group_start()
-        created = None
-        inserted = resized = converted = False
+        inserted = converted = scaled = False
         try:
             if result.channels >= 3 and image.get_base_type() == Gimp.ImageBaseType.GRAY:
                 image.convert_rgb()  # colorizing a greyscale image: the source's grey values stay as they are
                 converted = True
             if scale > 1:
-                image.resize(width * scale, height * scale, 0, 0)
-                resized = True
-            created = Gimp.Layer.new(
-                image, name, result.width, result.height, self._layer_type(result.channels), 100.0,
-                Gimp.LayerMode.NORMAL,
-            )  # fmt: skip
+                image.scale(width * scale, height * scale)
+                scaled = True
             image.insert_layer(created, source.get_parent(), image.get_item_position(source))
             inserted = True
             created.set_offsets(region.x * scale, region.y * scale)
-            self._fill(created, result, mask_values)
+            self._finish_layer(created, result, mask_values)
             created.attach_parasite(self._parasite(outcome, region))
-        except Exception:
-            # Leave the image as it was: remove what was added, restore the canvas and the mode.
+        except Exception as exc:
+            # Remove what was added and restore the mode; a scaled image can only be restored
+            # exactly by GIMP's undo (scaling back would blur it), so the message says so.
             if inserted:
                 image.remove_layer(created)
-            if resized:
-                image.resize(width, height, 0, 0)
-            if converted:
+            if converted and not scaled:
                 image.convert_grayscale()
+            if scaled:
+                raise core.PluginError(
+                    f"{exc}. The image was already scaled; Edit → Undo restores it exactly."
+                ) from exc
             raise
         finally:
             image.undo_group_end()
