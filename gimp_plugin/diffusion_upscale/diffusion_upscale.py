@@ -326,19 +326,26 @@ class Runner:
         width, height = image.get_width(), image.get_height()
         mask_values = self._mask_values(region, scale) if selection is not None else None
         name = core.layer_name(self.task, scale, outcome.seed)
-        # The pixels go into the new layer before the image changes: most failures happen here, and
-        # then the image is left exactly as it was.
-        created = Gimp.Layer.new(
-            image, name, result.width, result.height, self._layer_type(result.channels), 100.0,
-            Gimp.LayerMode.NORMAL,
-        )  # fmt: skip
-        self._fill_pixels(created, result)
+        needs_rgb = result.channels >= 3 and image.get_base_type() == Gimp.ImageBaseType.GRAY
+
+        def make_layer():  # type: ignore[no-untyped-def]
+            layer = Gimp.Layer.new(
+                image, name, result.width, result.height, self._layer_type(result.channels), 100.0,
+                Gimp.LayerMode.NORMAL,
+            )  # fmt: skip
+            self._fill_pixels(layer, result)
+            return layer
+
+        # The pixels go into the new layer before the image changes (an RGB layer needs an RGB image,
+        # so for a grey one, right after the conversion): a failure there leaves the image as it was.
+        created = None if needs_rgb else make_layer()
         image.undo_group_start()
         inserted = converted = scaled = False
         try:
-            if result.channels >= 3 and image.get_base_type() == Gimp.ImageBaseType.GRAY:
+            if needs_rgb:
                 image.convert_rgb()  # colorizing a greyscale image: the source's grey values stay as they are
                 converted = True
+                created = make_layer()
             if scale > 1:
                 image.scale(width * scale, height * scale)
                 scaled = True
