@@ -462,6 +462,10 @@ class Client:
                 return answer
         return self._health()
 
+    def shutdown(self) -> None:
+        """Stop the server (its running job is canceled), e.g. to start it again with new settings."""
+        self.request("POST", f"{API}/server/shutdown")
+
     def models(self) -> dict[str, list[dict[str, Any]]]:
         """``{"installed": [...], "downloadable": [...]}`` as the server lists them."""
         return self._json("GET", f"{API}/models")

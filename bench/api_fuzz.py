@@ -172,10 +172,14 @@ def write_config(path: Path, data: dict[str, list[Any]]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+SHUTDOWN = "/v1/server/shutdown"
+
+
 def operations(url: str) -> list[str]:
     with urllib.request.urlopen(f"{url}/openapi.json", timeout=30) as response:
         spec = json.load(response)
-    return [f"{method.upper()} {path}" for path, item in spec["paths"].items() for method in item]
+    paths = {path: item for path, item in spec["paths"].items() if path != SHUTDOWN}
+    return [f"{method.upper()} {path}" for path, item in paths.items() for method in item]
 
 
 def template_regex(operation: str) -> tuple[str, re.Pattern[str]]:
@@ -357,6 +361,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         command += ["--workers", args.workers, "--phases", args.phases, "--no-color"]
         command += ["--report", "ndjson", "--report-ndjson-path", str(report), "--request-timeout", "60"]
         command += ["--suppress-health-check", "all", "--generation-database", "none"]
+        command += ["--exclude-path", SHUTDOWN]  # it would end the very server being fuzzed
         if args.max_time:
             command += ["--max-time", str(args.max_time)]
         print(f"… fuzzing {server.url} ({len(ops)} operations)", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ It owns no protocol code: every request goes through ``backend.client`` in a wor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -215,6 +216,7 @@ class RestoreDialog(QDialog):
         self.setSizeGripEnabled(True)
         self.status = StatusLine()
         self.status.startClicked.connect(self.start_backend)
+        self.status.restartClicked.connect(self.restart_backend)
         self.banner = Banner()
 
         # ---------------------------------------------------------------- pictures (left)
@@ -395,6 +397,7 @@ class RestoreDialog(QDialog):
         first = not self.connected
         self.connected, self.health = True, health
         self.status.connected(health, self.client.url)
+        self.status.restart.setVisible(is_loopback(self.client.host) and self._run is None)
         if first:
             if health.warnings:  # a missing model folder, a nearly full disk: said before anything fails
                 self.banner.show_message("\n".join(health.warnings), error=False)
@@ -437,6 +440,41 @@ class RestoreDialog(QDialog):
         self.banner.hide()
         self._start_began = time.monotonic()
         self._start_call = self.workers.call(start, self._started, self._start_failed)
+        self._show_starting()
+        self.start_timer.start()
+
+    def restart_backend(self) -> None:
+        """Stop the local backend and start it again with the current settings (Python, model folder)."""
+        if self._start_call is not None or self._run is not None:
+            return
+        client = self.probe
+
+        def stop_then_start(task: Call) -> Client:
+            with contextlib.suppress(ClientError):
+                client.shutdown()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # until the old one has let go of the port
+                task.check()
+                try:
+                    client.health()
+                except ServerUnreachable:
+                    break
+                except ClientError:
+                    pass
+                time.sleep(0.2)
+            return ensure_server(
+                self.client.url,
+                python=self.source.python or sys.executable,
+                models_dir=self.source.models,
+                token=self.source.token,
+                on_wait=lambda _: task.check(),
+            )
+
+        self.connected = False
+        self._update_buttons()
+        self.banner.hide()
+        self._start_began = time.monotonic()
+        self._start_call = self.workers.call(stop_then_start, self._started, self._start_failed)
         self._show_starting()
         self.start_timer.start()
 

@@ -43,6 +43,7 @@ class StatusLine(QFrame):
     """Where the backend stands: connecting, connected, starting, unreachable (with Start and the log)."""
 
     startClicked = Signal()
+    restartClicked = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -58,6 +59,14 @@ class StatusLine(QFrame):
             "Start the diffusion backend on this computer (it keeps running for the next use)."
         )
         self.start.clicked.connect(self.startClicked)
+        self.restart = QPushButton("&Restart backend")
+        self.restart.setAutoDefault(False)
+        self.restart.setToolTip(
+            "Stop the backend on this computer and start it again, e.g. after the installer changed its "
+            "settings or the model folder (a running job is stopped)."
+        )
+        self.restart.clicked.connect(self.restartClicked)
+        self.restart.setVisible(False)
         self.log = QLabel()
         self.log.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.log.setWordWrap(True)
@@ -66,6 +75,7 @@ class StatusLine(QFrame):
         row.addWidget(self.icon)
         row.addWidget(self.text, 1)
         row.addWidget(self.start)
+        row.addWidget(self.restart)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
@@ -78,6 +88,7 @@ class StatusLine(QFrame):
         self.icon.setPixmap(self.style().standardIcon(icon).pixmap(size, size))
         self.text.setText(text)
         self.start.setVisible(start)
+        self.restart.setVisible(False)
         self.log.setVisible(bool(log))
         self.log.setText(f"Log: {log}" if log else "")
 

@@ -594,6 +594,34 @@ def test_another_program_on_the_port_is_named_without_its_html(qtbot: Any, tmp_p
         squatter.close()
 
 
+def test_restart_backend_stops_it_and_starts_it_again(
+    qtbot: Any, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running backend with stale settings: Restart stops it and starts one with the current ones."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    models = str(tiny_models["full"].parent)
+    with ServerProcess(Path(tmp_path / "old-models"), tmp_path / "old") as running:
+        job_file = make_job(tmp_path / "job", running.url, python=sys.executable, models=models, mask=False)
+        dialog = open_dialog(qtbot, job_file)  # connected, but to a server without our models
+        assert not items(dialog.controls.model_combo) or None in items(dialog.controls.model_combo)
+        assert dialog.status.restart.isVisibleTo(dialog)
+        try:
+            qtbot.mouseClick(dialog.status.restart, Qt.MouseButton.LeftButton)
+            qtbot.waitUntil(lambda: running.process.poll() is not None, timeout=60000)  # type: ignore[union-attr]
+            qtbot.waitUntil(
+                lambda: dialog.status.state == "connected" and dialog.spawned is not None, timeout=120000
+            )
+            qtbot.waitUntil(
+                lambda: dialog.models_loaded and "tiny-full" in items(dialog.controls.model_combo),
+                timeout=60000,
+            )
+            assert dialog.apply_button.isEnabled()
+        finally:
+            if dialog.spawned is not None:
+                dialog.spawned.terminate()
+                dialog.spawned.wait(30)
+
+
 def test_a_backend_that_cannot_start_says_so_and_start_stays_available(qtbot: Any, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     job_file = make_job(tmp_path / "job", url, python=str(tmp_path / "no-python"), mask=False)

@@ -161,11 +161,13 @@ def test_simple_cross_site_posts_change_nothing(server: ServerProcess, stolen: d
             ),
             ("POST", "/v1/images", {"Content-Type": "multipart/form-data; boundary=x"}, b"--x--"),
             ("POST", "/v1/jobs", {"Content-Type": "text/plain"}, b"{}"),
+            ("POST", "/v1/server/shutdown", {}, b""),  # a page must not stop the server either
+            ("POST", "/v1/server/shutdown", {"Content-Type": "text/plain"}, b""),
         ]
         for method, path, headers, body in simple:
             status, answer = send(server.port, method, path, headers, body)
             assert status == 415, (path, headers, status, answer)
-        assert not client.job(job.id).cancel_requested
+        assert not client.job(job.id).cancel_requested and server.healthy()
         with pytest.raises(Exception, match="No download"):
             client.download_status("pasd")
     finally:

@@ -212,6 +212,23 @@ def _install_routes(app: FastAPI, s: Services) -> None:
             return JSONResponse(answer.model_dump(exclude_none=True), status_code=503)
         return answer
 
+    @app.post(
+        f"{v}/server/shutdown",
+        status_code=202,
+        tags=["server"],
+        response_class=Response,
+        responses={202: {"description": "the server stops (running jobs are canceled)"}},
+        openapi_extra=EMPTY_JSON_BODY,
+    )
+    def shutdown(request: Request) -> Response:
+        """Stop this server, so it can be started again with new settings (the dialog's Restart)."""
+        stop = getattr(request.app.state, "shutdown", None)
+        if stop is None:
+            raise ApiError(409, "This server was not started by `python -m backend serve`; stop it there.")
+        log.info("shutdown requested by a client")
+        stop()
+        return Response(status_code=202)
+
     # ------------------------------------------------------------------ models
     @app.get(f"{v}/models", response_model=schemas.ModelList, tags=["models"])
     def list_models() -> schemas.ModelList:

@@ -267,7 +267,7 @@ def _run_uvicorn(config: ServerConfig, sock: socket.socket, log_file: Path | Non
                 print(f"Serving on {config.url} (log: {log_file or 'console only'})", flush=True)
 
     app = create_app(config, log_file=log_file)
-    server = AnnouncingServer(
+    server: AnnouncingServer = AnnouncingServer(
         uvicorn.Config(
             app,
             log_config=None,
@@ -281,6 +281,7 @@ def _run_uvicorn(config: ServerConfig, sock: socket.socket, log_file: Path | Non
             ssl_keyfile=str(config.tls_key) if config.tls_key else None,
         )
     )
+    app.state.shutdown = lambda: setattr(server, "should_exit", True)  # POST /v1/server/shutdown
     try:
         server.run(sockets=[sock])
     finally:
