@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -490,7 +491,15 @@ class RestoreDialog(QDialog):
     def _start_failed(self, exc: BaseException) -> None:
         self._start_call = None
         self.start_timer.stop()
-        self.banner.show_message(f"The backend could not start. {explain(exc)}\nIts log: {self.log_path()}")
+        python = self.source.python
+        if python and not Path(python).is_file():  # the environment moved or was removed
+            message = (
+                f"The backend could not start: its Python {python} does not exist. Run the installer "
+                "again to repair the backend environment."
+            )
+        else:
+            message = f"The backend could not start. {explain(exc)}\nIts log: {self.log_path()}"
+        self.banner.show_message(message)
         self._health_failed(ServerUnreachable(str(exc)))
 
     # =================================================================== models

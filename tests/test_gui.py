@@ -628,7 +628,8 @@ def test_a_backend_that_cannot_start_says_so_and_start_stays_available(qtbot: An
     dialog = open_dialog(qtbot, job_file, connected=False)
     qtbot.waitUntil(lambda: dialog.status.state == "unreachable", timeout=30000)
     assert f"Backend unreachable at {url}" in dialog.status.text.text()
-    assert "could not start" in dialog.banner.message
+    assert "could not start" in dialog.banner.message and "does not exist" in dialog.banner.message
+    assert "installer" in dialog.banner.message and "Errno" not in dialog.banner.message
     assert dialog.status.start.isVisibleTo(dialog) and dialog.status.start.isEnabled()
     assert str(tmp_path / "logs") in dialog.status.log.text()
     assert not dialog.apply_button.isEnabled() and not dialog.preview_button.isEnabled()
