@@ -35,19 +35,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import imagecodecs
 import numpy as np
 import psutil
-import tifffile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.client import ApiError, Client, ClientError, NotOurServer, RawImage  # noqa: E402
-from tests.service_server import ServerProcess  # noqa: E402
+from tests.service_server import RssSampler, ServerProcess, Squatter, zero_tiff  # noqa: E402
 
 HEADER_TIMEOUT = 5.0
 MAX_UPLOAD_MB = 64
@@ -61,38 +60,6 @@ MB = 2**20
 
 
 # --------------------------------------------------------------------------- measuring
-@dataclass
-class MemorySampler:
-    """Peak resident memory of the server while an attack runs (a bomb shows here, not in the answer)."""
-
-    pid: int
-    interval: float = 0.05
-    peak: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def rss_mb(self) -> float:
-        return psutil.Process(self.pid).memory_info().rss / MB
-
-    def __enter__(self) -> MemorySampler:
-        self.peak = self.rss_mb()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.peak = max(self.peak, self.rss_mb())
-            except psutil.Error:
-                return
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, self.rss_mb())
-
-
 @dataclass
 class Outcome:
     """What one attack got back, and whether that is the refusal we expect."""
@@ -160,70 +127,11 @@ def healthy(server: ServerProcess) -> bool:
 
 
 # --------------------------------------------------------------------------- hostile bodies
-def zero_tiff(shape: tuple[int, int, int], dtype: type, tile: int = 1024, **options: object) -> bytes:
-    """A tiled zlib TIFF of zeros from one tile compressed once: megabytes that declare gigabytes."""
-    height, width, samples = shape
-    encoded = imagecodecs.zlib_encode(np.zeros((tile, tile, samples), dtype).tobytes(), level=9)
-    tiles = -(-height // tile) * -(-width // tile)
-    out = io.BytesIO()
-    tifffile.imwrite(
-        out,
-        (encoded for _ in range(tiles)),
-        shape=shape,
-        dtype=dtype,
-        tile=(tile, tile),
-        compression="zlib",
-        **options,
-    )
-    return out.getvalue()
-
-
 def npy_header_only(shape: tuple[int, ...], descr: str = "<f8", extra: int = 16) -> bytes:
     """A .npy that declares ``shape`` but carries only ``extra`` bytes of data."""
     out = io.BytesIO()
     np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
     return out.getvalue() + bytes(extra)
-
-
-class Squatter:
-    """Another program on a loopback port that answers like our server and keeps every byte it gets."""
-
-    ANSWER = b'{"status":"ok","api":"v1"}'
-
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.requests = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(2)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    request += chunk
-                with contextlib.suppress(OSError):  # whatever else came before we answer is theirs too
-                    conn.settimeout(0.05)
-                    request += conn.recv(1 << 20)
-                self.received += request
-                self.requests += 1
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                    + f"Content-Length: {len(self.ANSWER)}\r\n\r\n".encode()
-                    + self.ANSWER
-                )
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @contextlib.contextmanager
@@ -514,8 +422,8 @@ def run_attack(server: ServerProcess, name: str, attack: Attack) -> Row:
     assert server.process is not None
     pid = server.process.pid
     print(f"… {name}", file=sys.stderr, flush=True)
-    with MemorySampler(pid) as memory:
-        before = memory.peak
+    with RssSampler(pid, interval=0.05) as memory:
+        before = memory.before / MB
         began = time.perf_counter()
         try:
             outcome = attack(server)
@@ -527,7 +435,7 @@ def run_attack(server: ServerProcess, name: str, attack: Attack) -> Row:
         after = psutil.Process(pid).memory_info().rss / MB
     except psutil.Error:
         after = float("nan")
-    return Row(name, outcome, seconds, before, memory.peak, after, well)
+    return Row(name, outcome, seconds, before, memory.peak / MB, after, well)
 
 
 # --------------------------------------------------------------------------- report

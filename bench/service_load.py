@@ -23,17 +23,16 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.client import ApiError, Client, ClientError, JobCanceled, JobFailed, QueueFull, RawImage  # noqa: E402
-from tests.service_server import ServerProcess  # noqa: E402
+from tests.service_server import RssSampler, ServerProcess  # noqa: E402
 
 FAST = {"task": "upscale", "scale": 2, "steps": 2, "process_size": 256, "seed": 7}
 
@@ -44,37 +43,6 @@ class Outcome:
     detail: str = ""
     seconds: float = 0.0
     queue_full: int = 0  # 429 answers this client got (retried or not)
-
-
-@dataclass
-class MemorySampler:
-    """Resident memory of one process, sampled on a thread until stopped."""
-
-    pid: int
-    interval: float = 0.2
-    samples: list[float] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def rss_mb(self) -> float:
-        return psutil.Process(self.pid).memory_info().rss / 2**20
-
-    def __enter__(self) -> MemorySampler:
-        self.samples.append(self.rss_mb())
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.samples.append(self.rss_mb())
-            except psutil.Error:
-                return
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.samples.append(self.rss_mb())
 
 
 def one_client(
@@ -154,7 +122,7 @@ def run_round(args: argparse.Namespace, models: Path, home: Path, retries: int) 
             except Exception as exc:  # a bug here must show in the table, not vanish with the thread
                 outcomes[i] = Outcome("error", f"{type(exc).__name__}: {exc}")
 
-        with MemorySampler(server.process.pid) as memory:
+        with RssSampler(server.process.pid, interval=0.2) as memory:
             began = time.perf_counter()
             threads = [threading.Thread(target=work, args=(i,)) for i in range(args.clients)]
             for thread in threads:
@@ -165,7 +133,7 @@ def run_round(args: argparse.Namespace, models: Path, home: Path, retries: int) 
         healthy = server.healthy()
         leftover = Counter(j.state for j in warm.jobs())
     done = [o or Outcome("error", "no outcome") for o in outcomes]
-    return Round(retries, done, wall, memory.samples, healthy, leftover)
+    return Round(retries, done, wall, [rss / 2**20 for rss in memory.samples], healthy, leftover)
 
 
 def main() -> int:

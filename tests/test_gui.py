@@ -579,7 +579,7 @@ def test_a_missing_model_folder_is_named_not_offered_for_download(
 
 
 def test_another_program_on_the_port_is_named_without_its_html(qtbot: Any, tmp_path: Path) -> None:
-    from .test_service_security import Squatter
+    from .service_server import Squatter
 
     squatter = Squatter(b"<html><body><h1>Another web app</h1></body></html>")
     try:

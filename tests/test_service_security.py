@@ -15,7 +15,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,7 +36,7 @@ from backend.client import (
 )
 from gimp_plugin import plugin_source
 
-from .service_server import ServerProcess, wait_for
+from .service_server import ServerProcess, Squatter, wait_for
 
 sys.path.insert(0, str(plugin_source()))
 import diffusion_upscale_core as core  # the plug-in's GIMP-free core
@@ -176,46 +175,6 @@ def test_simple_cross_site_posts_change_nothing(server: ServerProcess, stolen: d
 
 
 # --------------------------------------------------------------------------- strangers on the port
-class Squatter:
-    """A listener on a loopback port that answers like a server and records every byte it gets."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.received = bytearray()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2)
-                request = b""
-                with contextlib.suppress(OSError):
-                    while b"\r\n\r\n" not in request:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        request += chunk
-                    self.received += request
-                    body = self.answer
-                    conn.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                        + body
-                    )
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize(
     "answer",
     [

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
-import psutil
 import pytest
 import tifffile
 from PIL import Image
@@ -33,7 +32,7 @@ from backend.image_io import (
 )
 from backend.service.images import STALE_WORK_AFTER, ImageStore
 
-from .service_server import ServerProcess
+from .service_server import RssSampler, ServerProcess, zero_tiff
 
 MB = 10**6
 
@@ -56,51 +55,6 @@ def upload(server: ServerProcess, body: bytes, ctype: str = "application/octet-s
         conn.close()
 
 
-class PeakRss:
-    """The resident memory of a process before a block, and its peak while the block runs (sampled)."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.before = self.peak = self.after = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.005)
-
-    def __enter__(self) -> PeakRss:
-        self.before = self.peak = self.process.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.after = self.process.memory_info().rss
-        self.peak = max(self.peak, self.after)
-
-
-def zero_tiff(shape: tuple[int, int, int], dtype: type, tile: int = 1024, **options: object) -> bytes:
-    """A tiled, zlib-compressed TIFF of zeros, written as one compressed tile repeated: a few MB that
-    declare gigabytes, built without ever holding the image."""
-    height, width, samples = shape
-    encoded = imagecodecs.zlib_encode(np.zeros((tile, tile, samples), dtype).tobytes(), level=9)
-    count = -(-height // tile) * -(-width // tile)
-    buffer = io.BytesIO()
-    tifffile.imwrite(
-        buffer,
-        (encoded for _ in range(count)),
-        shape=shape,
-        dtype=dtype,
-        tile=(tile, tile),
-        compression="zlib",
-        **options,
-    )
-    return buffer.getvalue()
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -113,7 +67,7 @@ def test_tiff_declaring_gigabytes_is_refused_without_decoding(server: ServerProc
     body = zero_tiff((10000, 10000, 4), np.float64, photometric="rgb", extrasamples=("unassalpha",))
     assert len(body) < 4 * MB
     assert server.process is not None
-    with PeakRss(server.process.pid) as rss:
+    with RssSampler(server.process.pid) as rss:
         status, answer = upload(server, body, "image/tiff")
     assert status == 413, answer
     assert "3.2 GB of memory to decode" in answer["detail"]
@@ -127,7 +81,7 @@ def test_tiff_with_sixteen_channels_is_refused_before_any_allocation(server: Ser
     # 10000×10000×16 bytes: decoding it first (as the server once did) takes 1.6 GB per request.
     body = zero_tiff((10000, 10000, 16), np.uint8, photometric="minisblack", planarconfig="contig")
     assert server.process is not None
-    with PeakRss(server.process.pid) as rss:
+    with RssSampler(server.process.pid) as rss:
         for _ in range(4):
             status, answer = upload(server, body, "image/tiff")
             assert status == 422, answer
@@ -168,7 +122,7 @@ def test_npy_declaring_more_than_it_holds(server: ServerProcess) -> None:
     )
     body = header.getvalue() + bytes(64)
     assert server.process is not None
-    with PeakRss(server.process.pid) as rss:
+    with RssSampler(server.process.pid) as rss:
         status, answer = upload(server, body, "application/x-npy")
     assert status == 422, answer
     assert "truncated" in answer["detail"] and "10000×10000×4 float64 array (3.2 GB)" in answer["detail"]
