@@ -51,7 +51,15 @@ class NotOurServer(ClientError):
 
 
 class ServerStartError(ClientError):
-    """Starting a local server failed; the message carries the end of its error output."""
+    """Starting a local server failed; the message carries the end of its own error output.
+
+    ``summary`` is the one sentence and ``output`` the backend's last lines, for a GUI to lay out.
+    """
+
+    def __init__(self, summary: str, output: Iterable[str] = ()) -> None:
+        self.summary = summary
+        self.output = [line.rstrip() for line in output if line.strip()]
+        super().__init__("\n".join([summary, *self.output]))
 
 
 class ApiError(ClientError):
@@ -631,6 +639,11 @@ class DialogJob:
     title: str = ""  # shown in the window title (the image's name)
     settings: dict[str, Any] = field(default_factory=dict)  # the host's last values, to start from
     host_pid: int | None = None  # the host's process: when it ends (GIMP's Cancel), the dialog stops too
+    about: str = ""  # what is being worked on, in words (image, layer, selection), shown in the dialog
+    window: dict[str, Any] | None = None  # the host window to stay above: {"system": "x11", "id": 123}
+    stop: str | None = None  # a file the host writes (with a reason) when the dialog must stop and close
+    key: str = ""  # the input's fingerprint: an undelivered result is offered again for the same input
+    undelivered: str | None = None  # a finished result the host never received, offered again
     version: int = DIALOG_JOB_VERSION
 
     def write(self, path: str | os.PathLike[str]) -> None:
@@ -684,6 +697,156 @@ def write_npy(path: str | os.PathLike[str], image: RawImage) -> None:
     os.replace(tmp, path)
 
 
+# --------------------------------------------------------------------------- hand-off folders
+UNDELIVERED_DAYS = 14  # an undelivered result is offered again for this long, then removed
+
+
+def process_alive(pid: int) -> bool:
+    """True while the process ``pid`` exists (standard library only; never signals it)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill would terminate it there
+        import ctypes
+
+        kernel = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        try:
+            return bool(kernel.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+        finally:
+            kernel.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (ended, not yet reaped by its parent) has ended too
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """A finished result the host never received (its plug-in ended, its image closed)."""
+
+    folder: Path
+    title: str
+    finished: float  # time.time() when it was kept
+    seed: int | None
+    what: str  # "Diffusion upscale ×2", "Diffusion colorize"
+
+    @property
+    def result(self) -> Path:
+        return self.folder / "result.npy"
+
+    @property
+    def answer(self) -> Path:
+        return self.folder / "answer.json"
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike[str]) -> Undelivered | None:
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            if not (folder / "result.npy").is_file() or not (folder / "answer.json").is_file():
+                return None
+            return cls(folder, str(meta.get("title", "")), float(meta["finished"]), meta.get("seed"),
+                       str(meta.get("what", "")))  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+class Handoff:
+    """The folders through which a host and the dialog exchange pixels, and where results wait.
+
+    Each run gets a private folder under ``runs/`` (job file, pixels, result, answer), removed when
+    the run ends. A folder whose host process has died is swept at the next run: a finished result
+    in it moves to ``undelivered/<input key>`` and is offered when the same input is opened again;
+    anything else is deleted. So no temporary folder outlives its run, and no finished work is lost.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_data_dir() / "dialog"
+        self.runs = self.root / "runs"
+        self.kept = self.root / "undelivered"
+
+    def new_run(self) -> Path:
+        self.runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = self.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
+        folder.mkdir(mode=0o700)
+        return folder
+
+    def sweep(self, now: float | None = None) -> list[Path]:
+        """Runs whose host has died: results kept, the rest removed; old undelivered results dropped."""
+        import shutil
+
+        now = time.time() if now is None else now
+        kept: list[Path] = []
+        for folder in sorted(self.runs.glob("*")) if self.runs.is_dir() else []:
+            try:
+                job = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+                pid = int(job.get("host_pid") or 0)
+            except (OSError, ValueError, TypeError, AttributeError):
+                job, pid = {}, 0
+            if pid and pid != os.getpid() and process_alive(pid):
+                continue  # another plug-in's run, still going
+            if job.get("key") and (folder / "answer.json").is_file() and (folder / "result.npy").is_file():
+                kept.append(self.keep(folder, job["key"], str(job.get("title", "")), now))
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in self.kept.glob("*") if self.kept.is_dir() else []:
+            found = Undelivered.read(folder)
+            if found is None or now - found.finished > UNDELIVERED_DAYS * 86400:
+                shutil.rmtree(folder, ignore_errors=True)
+        return kept
+
+    def keep(self, run: Path, key: str, title: str, now: float | None = None) -> Path:
+        """Move a run's finished result to ``undelivered/<key>`` (replacing an older one for that input)."""
+        import shutil
+
+        if not key or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"not an input key: {key!r}")
+        answer = json.loads((run / "answer.json").read_text(encoding="utf-8"))
+        params, job = answer.get("params", {}), answer.get("job", {})
+        scale = round(float(params.get("scale", 1)))
+        what = f"Diffusion upscale ×{scale}" if params.get("task") == "upscale" else "Diffusion colorize"
+        self.kept.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = self.kept / f".{key}.{secrets.token_hex(3)}"
+        staging.mkdir(mode=0o700)
+        for name in ("result.npy", "answer.json"):
+            shutil.copyfile(run / name, staging / name)
+        meta = {"title": title, "finished": time.time() if now is None else now, "seed": job.get("seed"),
+                "what": what}  # fmt: skip
+        (staging / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        target = self.kept / key
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        return target
+
+    def undelivered(self, key: str) -> Undelivered | None:
+        return Undelivered.read(self.kept / key) if key and (self.kept / key).is_dir() else None
+
+    def discard(self, key: str) -> None:
+        import shutil
+
+        if key:
+            shutil.rmtree(self.kept / key, ignore_errors=True)
+
+
+def input_key(*parts: bytes | str) -> str:
+    """A fingerprint of a run's input (task, region, pixels, mask): equal input, equal key."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()[:32]
+
+
 # --------------------------------------------------------------------------- starting a server
 def health_proof(key: bytes, challenge: str) -> str:
     """HMAC-SHA256 of the challenge under ``key``: what only the real server can answer."""
@@ -701,6 +864,19 @@ def default_config_dir() -> Path:
         return Path.home() / "Library" / "Application Support" / APP_NAME
     base = os.environ.get("XDG_CONFIG_HOME", "").strip()  # a relative one is ignored, as platformdirs does
     return Path(base) / APP_NAME if os.path.isabs(base) else Path.home() / ".config" / APP_NAME
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder, computed as ``backend.paths.data_dir`` (platformdirs) does."""
+    override = os.environ.get("GDU_DATA_DIR")
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / APP_NAME
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / APP_NAME
+    base = os.environ.get("XDG_DATA_HOME", "").strip()
+    return Path(base) / APP_NAME if os.path.isabs(base) else Path.home() / ".local" / "share" / APP_NAME
 
 
 def default_secret_file() -> Path:
@@ -733,6 +909,22 @@ def load_or_create_secret(path: str | os.PathLike[str] | None = None) -> bytes:
     finally:
         tmp.unlink(missing_ok=True)
     return path.read_bytes().strip()
+
+
+def _tail(output: Any, lines: int = 8) -> list[str]:
+    """The last lines a starting backend wrote (its own output, captured; not an older log)."""
+    output.seek(0)
+    return output.read().decode("utf-8", "replace").strip().splitlines()[-lines:]
+
+
+def repair_advice(python: str | os.PathLike[str] | None) -> str:
+    """The next step when the backend environment does not work: the doctor, then the installer."""
+    if python and Path(python).is_file():
+        return (
+            f'To see what is wrong, run the doctor in a terminal: "{python}" -m backend doctor. To repair '
+            "the backend environment, run the installer again (python3 installer/install.py)."
+        )
+    return "Run the installer again (python3 installer/install.py) to repair the backend environment."
 
 
 def is_loopback(host: str) -> bool:
@@ -806,16 +998,16 @@ def ensure_server(
                 pass
             code = process.poll()
             if code is not None and code != EXIT_ALREADY_RUNNING:
-                errors.seek(0)
-                tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-8:]
                 raise ServerStartError(
-                    f"The backend stopped while starting (exit code {code}):\n" + "\n".join(tail)
+                    f"The backend stopped while starting (exit code {code}). Its last words:",
+                    _tail(errors),
                 )
             if elapsed > timeout:
                 with contextlib.suppress(OSError):
                     process.terminate()
                 raise ServerStartError(
-                    f"The backend did not answer within {timeout:.0f} seconds of starting."
+                    f"The backend did not answer within {timeout:.0f} seconds of starting. Its last words:",
+                    _tail(errors),
                 )
             if on_wait is not None:
                 on_wait(elapsed)

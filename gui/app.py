@@ -23,6 +23,7 @@ from backend.client import (
     DialogJob,
     JobInfo,
     RawImage,
+    Undelivered,
     read_npy,
     write_npy,
 )
@@ -129,6 +130,14 @@ def job_input(path: str) -> DialogInput:
             Path(job.result).unlink(missing_ok=True)
             raise
 
+    def adopt(kept: Undelivered) -> None:
+        """An earlier finished result as this run's: the same two files, the answer last."""
+        answer = DialogAnswer.read(kept.answer)
+        write_npy(job.result, read_npy(kept.result))
+        answer.job = {**answer.job, "undelivered": job.key}  # the host drops the kept copy once applied
+        answer.write(job.answer)
+
+    folder = Path(path).resolve().parent
     return DialogInput(
         task=job.task,
         image=image,
@@ -141,6 +150,13 @@ def job_input(path: str) -> DialogInput:
         host_settings=job.settings,
         deliver=deliver,
         host_pid=job.host_pid,
+        about=job.about,
+        window=job.window if isinstance(job.window, dict) else None,
+        stop_file=job.stop,
+        # The host's own run folder (its stop file lives there): only that is ever removed.
+        scratch=folder if job.stop and Path(job.stop).resolve().parent == folder else None,
+        undelivered=Undelivered.read(job.undelivered) if job.undelivered else None,
+        adopt=adopt,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -19,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QImage, QPalette
+from PySide6.QtGui import QCloseEvent, QGuiApplication, QImage, QPalette, QWindow
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -50,11 +50,15 @@ from backend.client import (
     JobInfo,
     NotOurServer,
     RawImage,
+    ServerStartError,
     ServerUnreachable,
+    Undelivered,
     ensure_server,
     format_duration,
     is_loopback,
+    process_alive,
     progress_text,
+    repair_advice,
 )
 from backend.pipelines.params import (
     ParamsError,
@@ -103,6 +107,12 @@ class DialogInput:
     # Writes the result (and the answer); runs in a worker thread, before the dialog closes.
     deliver: Deliver | None = None
     host_pid: int | None = None  # the plug-in's process: the dialog must not outlive it
+    about: str = ""  # which image, layer and part, in words
+    window: dict[str, Any] | None = None  # the host's window to stay above (see keep_with_host)
+    stop_file: str | None = None  # the host writes a reason here when the dialog must stop and close
+    scratch: Path | None = None  # the host's run folder: removed by the dialog if the host dies first
+    undelivered: Undelivered | None = None  # a result the host never received, offered again
+    adopt: Callable[[Undelivered], None] | None = None  # hands that result over as this run's answer
 
 
 def explain(exc: BaseException) -> str:
@@ -129,14 +139,6 @@ def first_line(text: str | None) -> str:
     """The first sentence of a long message (the banner is one short line; the rest goes in its tooltip)."""
     line = (text or "no reason given").strip().splitlines()[0].strip()
     return line if len(line) <= 200 else line[:197] + "…"
-
-
-def _process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its parent has ended)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 class RestoreDialog(QDialog):
@@ -209,7 +211,11 @@ class RestoreDialog(QDialog):
         if source.host_pid is not None:
             self.host_timer.start()
         self.host_gone = False
+        self.stop_reason = ""
+        self.kept_with = self.keep_with_host(source.window)
         self.controls.prompt.setFocus()
+        if source.undelivered is not None:
+            self.offer_undelivered(source.undelivered)
         QTimer.singleShot(0, self.check_health)
 
     # =================================================================== building
@@ -235,6 +241,11 @@ class RestoreDialog(QDialog):
             "is small; Apply then runs the whole image the same way."
         )
         self.preview_button.clicked.connect(self.run_preview)
+        self.about = QLabel(self.source.about or self.source.title)
+        self.about.setWordWrap(True)
+        self.about.setTextFormat(Qt.TextFormat.PlainText)
+        self.about.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.about.setVisible(bool(self.about.text()))
         image_title = QLabel("Image: drag the frame over the part to preview")
         compare_title = QLabel("Preview: before | after")
         row = QHBoxLayout()
@@ -243,6 +254,7 @@ class RestoreDialog(QDialog):
         pictures = QWidget()
         left = QVBoxLayout(pictures)
         left.setContentsMargins(0, 0, 0, 0)
+        left.addWidget(self.about)
         left.addWidget(image_title)
         left.addWidget(self.crop_view, 2)
         left.addWidget(compare_title)
@@ -491,15 +503,18 @@ class RestoreDialog(QDialog):
     def _start_failed(self, exc: BaseException) -> None:
         self._start_call = None
         self.start_timer.stop()
-        python = self.source.python
-        if python and not Path(python).is_file():  # the environment moved or was removed
-            message = (
-                f"The backend could not start: its Python {python} does not exist. Run the installer "
-                "again to repair the backend environment."
+        python = self.source.python or sys.executable
+        if not Path(python).is_file():  # the environment moved or was removed
+            self.banner.show_message(
+                f"The backend could not start: its Python {python} does not exist.",
+                after=repair_advice(None),
             )
+        elif isinstance(exc, ServerStartError):  # its own last lines, then the one next step
+            self.banner.show_message(exc.summary, details=exc.output, after=repair_advice(python))
         else:
-            message = f"The backend could not start. {explain(exc)}\nIts log: {self.log_path()}"
-        self.banner.show_message(message)
+            self.banner.show_message(
+                f"The backend could not start. {explain(exc)}", after=repair_advice(python)
+            )
         self._health_failed(ServerUnreachable(str(exc)))
 
     # =================================================================== models
@@ -785,21 +800,81 @@ class RestoreDialog(QDialog):
         QTimer.singleShot(0, self.apply if button == "apply" else self.reject)
 
     def _check_host(self) -> None:
-        """GIMP ends a plug-in outright (its Cancel, quitting, the image closed): then stop and close.
+        """The host ended (GIMP's Cancel, GIMP quitting) or asked us to stop (its image was closed).
 
-        A result finished after that could not be delivered to anyone, so the backend job is canceled.
+        Then the run is stopped and the dialog closes: a result finished after that could not be
+        delivered to anyone, so the backend job is canceled rather than finished into the void.
         """
-        pid = self.source.host_pid
-        if pid is None or self.host_gone or _process_alive(pid):
+        pid, stop = self.source.host_pid, self.source.stop_file
+        if self.host_gone:
             return
-        self.host_gone = True
+        reason = ""
+        if stop and Path(stop).exists():
+            with contextlib.suppress(OSError):
+                reason = Path(stop).read_text(encoding="utf-8").strip()[:200]
+            reason = reason or "the host asked the dialog to stop"
+        elif pid is not None and not process_alive(pid):
+            reason = "the plug-in that opened this dialog has ended (canceled in GIMP, or GIMP quit)"
+        if not reason:
+            return
+        self.host_gone, self.stop_reason = True, reason
         self.host_timer.stop()
-        print(
-            "The plug-in that opened this dialog has ended (canceled in GIMP, or GIMP closed the image); "
-            "the run is stopped and the dialog closes.",
-            file=sys.stderr,
-        )
+        print(f"Stopping: {reason}; the run is stopped and the dialog closes.", file=sys.stderr)
         self.close()
+
+    def keep_with_host(self, window: dict[str, Any] | None) -> str:
+        """Stay above the host's window: transient for it where the platform allows, else on top.
+
+        Returns how ("transient", "on top", or "" for a dialog with no host).
+        """
+        if window is None and self.source.host_pid is None:
+            return ""
+        native = {"x11": "xcb", "windows": "windows"}.get(str((window or {}).get("system")))
+        parent = None
+        if native is not None and native == QGuiApplication.platformName():
+            with contextlib.suppress(TypeError, ValueError, OverflowError):
+                parent = QWindow.fromWinId(int(window["id"]))  # type: ignore[index]
+        if parent is not None:
+            self.winId()  # the native window exists from here on
+            handle = self.windowHandle()
+            if handle is not None:
+                handle.setTransientParent(parent)
+                self._host_window = parent  # kept alive with the dialog
+                return "transient"
+        self.setWindowFlag(Qt.WindowType.WindowStaysOnTopHint, True)
+        return "on top"
+
+    def offer_undelivered(self, kept: Undelivered) -> None:
+        """A finished result that never reached the image: add it now, or let it go."""
+        when = time.strftime("%d %b %H:%M", time.localtime(kept.finished))
+        seed = f", seed {kept.seed}" if kept.seed is not None else ""
+        self.banner.show_message(
+            f"The result of an earlier run on this image ({kept.what}{seed}, finished {when}) was never "
+            "added: the plug-in ended or the image was closed first.",
+            error=False,
+            actions=[
+                ("&Add that result", lambda: self._adopt(kept)),
+                ("&Discard it", lambda: self._discard(kept)),
+            ],
+        )
+
+    def _adopt(self, kept: Undelivered) -> None:
+        if self.source.adopt is None or self._run is not None:
+            return
+        try:
+            self.source.adopt(kept)
+        except (OSError, ClientError) as exc:
+            self.banner.show_message(f"That result could not be read ({exc}); it was discarded.")
+            self._discard(kept, quiet=True)
+            return
+        self.progress_label.setText(f"Added the earlier result ({kept.what}).")
+        self.done(QDialog.DialogCode.Accepted)
+
+    def _discard(self, kept: Undelivered, quiet: bool = False) -> None:
+        shutil.rmtree(kept.folder, ignore_errors=True)
+        self.source.undelivered = None
+        if not quiet:
+            self.banner.hide()
 
     def reject(self) -> None:
         """Esc and Cancel: stop a run if one is going, else close without a result."""
@@ -824,6 +899,9 @@ class RestoreDialog(QDialog):
             self.host_timer.stop()
             self._save()
             self.workers.stop_all()
+            scratch = self.source.scratch
+            if self.host_gone and scratch is not None and not (scratch / "answer.json").exists():
+                shutil.rmtree(scratch, ignore_errors=True)  # nobody is left to remove it
         super().done(result)
 
     def _save(self) -> None:

@@ -3,8 +3,10 @@ and a fold-out section. Sizes come from the style and fonts, colours from the pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QPalette
+from PySide6.QtGui import QFontDatabase, QPalette
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFrame,
@@ -138,7 +140,11 @@ class StatusLine(QFrame):
 
 
 class Banner(QFrame):
-    """A message in plain words above the controls (errors, notes), until closed or replaced."""
+    """A message in plain words above the controls (errors, notes), until closed or replaced.
+
+    ``details`` (a program's own last lines) show below it in a fixed-width font, and ``actions``
+    as buttons beside it (an offer the user can take or turn down).
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -149,20 +155,47 @@ class Banner(QFrame):
         self.icon.setAlignment(Qt.AlignmentFlag.AlignTop)
         self.text = QLabel()
         self.text.setWordWrap(True)
+        self.text.setTextFormat(Qt.TextFormat.PlainText)  # never renders what a server sent as HTML
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.details = QLabel()
+        self.details.setTextFormat(Qt.TextFormat.PlainText)
+        self.details.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details.setWordWrap(True)
+        self.after = QLabel()
+        self.after.setWordWrap(True)
+        self.after.setTextFormat(Qt.TextFormat.PlainText)
+        self.after.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.action_row = QHBoxLayout()
+        self.action_row.setContentsMargins(0, 0, 0, 0)
+        self.action_row.addStretch(1)
+        self.buttons: list[QPushButton] = []
         close = QToolButton()
         close.setAutoRaise(True)
         close.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_TitleBarCloseButton))
         close.setToolTip("Hide this message")
         close.clicked.connect(self.hide)
+        body = QVBoxLayout()
+        body.setContentsMargins(0, 0, 0, 0)
+        body.addWidget(self.text)
+        body.addWidget(self.details)
+        body.addWidget(self.after)
+        body.addLayout(self.action_row)
         layout = QHBoxLayout(self)
-        layout.addWidget(self.icon)
-        layout.addWidget(self.text, 1)
+        layout.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(body, 1)
         layout.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
         self.hide()
 
-    def show_message(self, text: str, error: bool = True) -> None:
+    def show_message(
+        self,
+        text: str,
+        error: bool = True,
+        details: list[str] | None = None,
+        after: str = "",
+        actions: list[tuple[str, Callable[[], None]]] | None = None,
+    ) -> None:
         icon = (
             QStyle.StandardPixmap.SP_MessageBoxCritical
             if error
@@ -171,11 +204,27 @@ class Banner(QFrame):
         size = self.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize)
         self.icon.setPixmap(self.style().standardIcon(icon).pixmap(size, size))
         self.text.setText(text)
+        self.details.setText("\n".join(details or []))
+        self.details.setVisible(bool(details))
+        self.after.setText(after)
+        self.after.setVisible(bool(after))
+        for button in self.buttons:
+            self.action_row.removeWidget(button)
+            button.deleteLater()
+        self.buttons = []
+        for label, callback in actions or []:
+            button = QPushButton(label)
+            button.setAutoDefault(False)
+            button.clicked.connect(callback)
+            self.action_row.addWidget(button)
+            self.buttons.append(button)
         self.show()
 
     @property
     def message(self) -> str:
-        return self.text.text() if self.isVisible() else ""
+        if not self.isVisible():
+            return ""
+        return "\n".join(w.text() for w in (self.text, self.details, self.after) if w.text())
 
 
 class SliderNumber(QWidget):

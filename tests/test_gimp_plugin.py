@@ -411,3 +411,100 @@ def test_the_plugin_runs_the_real_dialog_and_reads_its_answer(
     applied = core.settings_from_answer("upscale", answer, start)
     assert applied.scale == 2 and applied.get("steps") == 2 and answer.options["output"] in ("layer", "image")
     assert core.Outcome.from_answer(answer).seed is not None
+
+
+def test_gimp_window_handles_become_references_the_dialog_can_use() -> None:
+    xid = (0x3A00007).to_bytes(8, sys.byteorder)
+    assert core.window_ref(xid, "linux") == {"system": "x11", "id": 0x3A00007}
+    assert core.window_ref(xid, "win32") == {"system": "windows", "id": 0x3A00007}
+    assert core.window_ref(b"wayland-exported:abc123\0", "linux") == {
+        "system": "wayland",
+        "id": "wayland-exported:abc123",
+    }
+    for nothing in (None, b"", bytes(8), b"\x01\x02\x03"):
+        assert core.window_ref(nothing, "linux") is None
+    about = core.describe_input("scan.xcf", "Background", R(10, 20, 184, 144), R(42, 52, 120, 80))
+    assert "“scan.xcf”" in about and "“Background”" in about and "120 × 80" in about and "184 × 144" in about
+
+
+def test_runs_of_ended_plugins_are_swept_and_finished_results_kept(tmp_path: Path) -> None:
+    """No temporary folder outlives its run; a finished result is never dropped with it."""
+    import subprocess
+    import time
+
+    handoff = core.client.Handoff(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+
+        def run(pid: int, key: str, finished: bool) -> Path:
+            folder = handoff.new_run()
+            (folder / "image.npy").write_bytes(b"pixels")
+            (folder / "job.json").write_text(json.dumps({"host_pid": pid, "key": key, "title": "scan.xcf"}))
+            if finished:
+                core.client.write_npy(
+                    folder / "result.npy", core.client.RawImage(2, 1, 1, "uint8", b"\x01\x02")
+                )
+                core.client.DialogAnswer({"task": "upscale", "scale": 2.0}, {}, {"seed": 5}).write(
+                    folder / "answer.json"
+                )
+            return folder
+
+        finished = run(dead.pid, "aa" * 16, True)
+        unfinished = run(dead.pid, "bb" * 16, False)
+        running = run(alive.pid, "cc" * 16, True)
+        junk = handoff.runs / "not-a-run"
+        junk.mkdir()
+        kept = handoff.sweep()
+        assert kept == [handoff.kept / ("aa" * 16)]
+        assert not finished.exists() and not unfinished.exists() and not junk.exists() and running.exists()
+        found = handoff.undelivered("aa" * 16)
+        assert found is not None and found.seed == 5 and found.what == "Diffusion upscale ×2"
+        assert found.title == "scan.xcf" and core.client.read_npy(found.result).data == b"\x01\x02"
+        assert handoff.undelivered("bb" * 16) is None
+        handoff.sweep(now=time.time() + 15 * 86400)  # offered for two weeks, then removed
+        assert handoff.undelivered("aa" * 16) is None and not (handoff.kept / ("aa" * 16)).exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    handoff.sweep()
+    assert not running.exists() and list(handoff.runs.iterdir()) == []
+
+
+def test_closing_the_image_stops_the_real_dialog_and_its_backend_job(
+    backend: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plug-in's watch on its image (GIMP's ``image.is_valid()``) with the real ``python -m gui``:
+    once the image is gone the dialog cancels its job and closes, and nothing is delivered."""
+    import time
+
+    from .service_server import ROOT
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    monkeypatch.setenv("GDU_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.chdir(ROOT)
+    start = core.RunSettings.from_values(
+        "upscale", {"scale": 2, "steps": 200, "process-size": 512, "seed": 3}
+    )
+    settings = core.BackendSettings(url=backend.url, python=sys.executable)
+    folder = core.client.Handoff(tmp_path / "handoff").new_run()
+    job = core.dialog_job("upscale", folder, settings, start, "test.png", has_mask=False)
+    core.client.write_npy(job.image, core.client.RawImage(32, 24, 3, "uint8", bytes(24 * 32 * 3)))
+    watcher = core.client.Client(backend.url)
+    closed_at: list[float] = []
+    seen: list[str] = []
+
+    def image_gone() -> str | None:
+        running = [j for j in watcher.jobs() if j.state == "running"]
+        if running and running[0].progress.stage == "denoise":
+            closed_at.append(time.monotonic())
+            seen.append(running[0].id)
+            return "the image was closed in GIMP"
+        return None
+
+    with pytest.raises(core.DialogStopped, match="the image was closed in GIMP"):
+        core.run_dialog(settings, job, folder / "job.json", extra_args=("--press", "apply"), watch=image_gone)
+    assert closed_at and time.monotonic() - closed_at[0] < 15
+    assert watcher.job(seen[0]).state == "canceled"
+    assert not Path(job.answer).exists() and not Path(job.result).exists()

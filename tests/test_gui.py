@@ -432,6 +432,7 @@ def test_when_the_plugin_ends_the_dialog_stops_its_job_and_closes(
             server.url,
             settings={"params": {"steps": 200, "process_size": 512}},
             host_pid=host.pid,
+            stop=str(tmp_path / "job" / "stop"),
         )
         dialog = open_dialog(qtbot, job_file)
         watcher = Client(server.url)
@@ -445,8 +446,7 @@ def test_when_the_plugin_ends_the_dialog_stops_its_job_and_closes(
         assert time.monotonic() - started < 10
         assert finished.args == [QDialog.DialogCode.Rejected] and dialog.host_gone
         wait_for(lambda: watcher.job(job_id).state == "canceled", timeout=30)
-        job = DialogJob.read(job_file)
-        assert not Path(job.result).exists() and not Path(job.answer).exists()
+        assert not job_file.parent.exists()  # the dead host's run folder: nobody else would remove it
     finally:
         host.kill()
         host.wait()
@@ -633,6 +633,122 @@ def test_a_backend_that_cannot_start_says_so_and_start_stays_available(qtbot: An
     assert dialog.status.start.isVisibleTo(dialog) and dialog.status.start.isEnabled()
     assert str(tmp_path / "logs") in dialog.status.log.text()
     assert not dialog.apply_button.isEnabled() and not dialog.preview_button.isEnabled()
+
+
+def test_a_backend_that_fails_to_start_shows_its_own_last_lines_and_the_next_step(
+    qtbot: Any, tmp_path: Path
+) -> None:
+    """Not "see the log": the starting process's own output, laid out, and the doctor's exact command."""
+    broken = tmp_path / "env" / "bin" / "python"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(
+        "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+        "echo 'ImportError: libtorch_cpu.so: cannot open shared object file' >&2\nexit 1\n"
+    )
+    broken.chmod(0o755)
+    url = f"http://127.0.0.1:{free_port()}"
+    dialog = open_dialog(
+        qtbot, make_job(tmp_path / "job", url, python=str(broken), mask=False), connected=False
+    )
+    qtbot.waitUntil(lambda: dialog.status.state == "unreachable", timeout=30000)
+    banner = dialog.banner
+    assert banner.text.text() == "The backend stopped while starting (exit code 1). Its last words:"
+    assert banner.details.text().splitlines() == [
+        "Traceback (most recent call last):",
+        "ImportError: libtorch_cpu.so: cannot open shared object file",
+    ]
+    assert f'"{broken}" -m backend doctor' in banner.after.text() and "installer" in banner.after.text()
+    assert banner.message.count("ImportError") == 1 and "ImportError" not in dialog.status.text.text()
+    assert dialog.status.start.isEnabled()
+
+
+def test_the_dialog_says_which_image_it_works_on_and_stays_above_its_host(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    about = "“hills.xcf”, layer “Background”: the whole layer, 80 × 64 px"
+    job_file = make_job(
+        tmp_path / "job", server.url, mask=False, about=about, host_pid=os.getpid(),
+        window={"system": "x11", "id": 4242},
+    )  # fmt: skip
+    dialog = open_dialog(qtbot, job_file)
+    assert dialog.about.text() == about and dialog.about.isVisible()
+    assert "hills.png" in dialog.windowTitle()
+    # No foreign windows on this platform (offscreen): kept on top instead.
+    assert dialog.kept_with == "on top"
+    assert dialog.windowFlags() & Qt.WindowType.WindowStaysOnTopHint
+    plain = open_dialog(qtbot, make_job(tmp_path / "file", server.url, mask=False))
+    assert plain.kept_with == "" and not plain.windowFlags() & Qt.WindowType.WindowStaysOnTopHint
+
+
+def test_a_stop_from_the_host_cancels_the_run_and_closes(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    """The plug-in writes its stop file (the image was closed in GIMP): job canceled, nothing written."""
+    job_file = make_job(
+        tmp_path / "job", server.url, mask=False, settings={"params": {"steps": 200, "process_size": 512}},
+        host_pid=os.getpid(), stop=str(tmp_path / "job" / "stop"),
+    )  # fmt: skip
+    dialog = open_dialog(qtbot, job_file)
+    watcher = Client(server.url)
+    qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
+    job_id = dialog.job_id or ""
+    with qtbot.waitSignal(dialog.finished, timeout=30000) as finished:
+        (tmp_path / "job" / "stop").write_text("the image was closed in GIMP")
+    assert (
+        finished.args == [QDialog.DialogCode.Rejected]
+        and dialog.stop_reason == "the image was closed in GIMP"
+    )
+    wait_for(lambda: watcher.job(job_id).state == "canceled", timeout=30)
+    assert not (tmp_path / "job" / "answer.json").exists() and not (tmp_path / "job" / "result.npy").exists()
+
+
+def kept_result(tmp_path: Path, key: str, pixels: np.ndarray) -> Any:
+    """A finished run whose host never received it, filed the way the plug-in's sweep files it."""
+    from backend.client import Handoff
+
+    handoff = Handoff(tmp_path / "handoff")
+    run = handoff.new_run()
+    write_npy(run / "result.npy", raw(pixels))
+    DialogAnswer(
+        {"task": "upscale", "scale": 2.0, "seed": 77}, {"output": "layer"}, {"id": "j1", "seed": 77}
+    ).write(run / "answer.json")
+    (run / "job.json").write_text(json.dumps({"host_pid": 0, "key": key, "title": "hills.png"}))
+    assert handoff.sweep() == [handoff.kept / key] and not run.exists()
+    return handoff
+
+
+def test_an_undelivered_result_is_offered_again_and_added(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    key = "ab" * 16
+    pixels = picture(128, 160)
+    handoff = kept_result(tmp_path, key, pixels)
+    job_file = make_job(
+        tmp_path / "job", server.url, mask=False, key=key, undelivered=str(handoff.kept / key)
+    )
+    dialog = open_dialog(qtbot, job_file)
+    assert "was never added" in dialog.banner.message and "seed 77" in dialog.banner.message
+    add = next(b for b in dialog.banner.buttons if "Add" in b.text())
+    with qtbot.waitSignal(dialog.finished) as finished:
+        qtbot.mouseClick(add, Qt.MouseButton.LeftButton)
+    assert finished.args == [QDialog.DialogCode.Accepted]
+    job = DialogJob.read(job_file)
+    assert np.array_equal(np.frombuffer(read_npy(job.result).data, np.uint8).reshape(128, 160, 3), pixels)
+    answer = DialogAnswer.read(job.answer)
+    assert answer.job["seed"] == 77 and answer.job["undelivered"] == key
+
+
+def test_an_undelivered_result_can_be_discarded(qtbot: Any, server: ServerProcess, tmp_path: Path) -> None:
+    key = "cd" * 16
+    handoff = kept_result(tmp_path, key, picture(128, 160))
+    job_file = make_job(
+        tmp_path / "job", server.url, mask=False, key=key, undelivered=str(handoff.kept / key)
+    )
+    dialog = open_dialog(qtbot, job_file)
+    discard = next(b for b in dialog.banner.buttons if "Discard" in b.text())
+    qtbot.mouseClick(discard, Qt.MouseButton.LeftButton)
+    assert not (handoff.kept / key).exists() and not dialog.banner.isVisible() and dialog.isVisible()
 
 
 # --------------------------------------------------------------------------- the entry point

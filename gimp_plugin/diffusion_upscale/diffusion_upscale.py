@@ -8,8 +8,8 @@ Everything that does not need GIMP is in ``diffusion_upscale_core`` (tested with
 
 from __future__ import annotations
 
+import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,32 +182,75 @@ class Runner:
         self.apply(source, core.Outcome.from_job(job), result)
 
     def run_with_dialog(self, procedure, config) -> core.RunSettings | None:  # type: ignore[no-untyped-def]
-        """Interactive: the PySide6 dialog runs the job; None when the user canceled."""
+        """Interactive: the PySide6 dialog runs the job; None when the user canceled.
+
+        The pixels travel through a private run folder (``client.Handoff``), removed when the run
+        ends. A result the dialog finished but this run could not add (the image was closed) is kept
+        and offered the next time the same input is opened; leftovers of killed runs are swept first.
+        """
         source = self.read_input()
         backend = core.load_backend_settings(PLUGIN_DIR)
         if not backend.python:
             return self._run_with_gimp_dialog(procedure, config, source)
-        with tempfile.TemporaryDirectory(prefix="diffusion-upscale-") as folder:
-            title = self.image.get_name() or "Untitled"
-            job = core.dialog_job(
-                self.task, Path(folder), backend, self.settings, title, source.mask is not None
-            )
-            client.write_npy(job.image, source.image)
-            if source.mask is not None and job.mask:
-                client.write_npy(job.mask, source.mask)
-            Gimp.progress_init(f"Diffusion {self.task}: the dialog is open")
-            try:
-                answer = core.run_dialog(backend, job, Path(folder) / "job.json")
-            except core.EnvironmentBroken:
-                raise  # GIMP's own dialog would need the same environment: one message, not two
-            except core.PluginError as exc:
-                Gimp.message(f"{exc}\nUsing GIMP's own dialog instead.")
-                return self._run_with_gimp_dialog(procedure, config, source)
-            if answer is None:
+        handoff = client.Handoff()
+        handoff.sweep()
+        folder = handoff.new_run()
+        try:
+            return self._dialog_run(procedure, config, source, backend, handoff, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _dialog_run(self, procedure, config, source: Input, backend, handoff, folder: Path):  # type: ignore[no-untyped-def]
+        title = self.image.get_name() or "Untitled"
+        region = source.region
+        key = client.input_key(
+            self.task, f"{region.x},{region.y},{region.width},{region.height}",
+            f"{self.image.get_width()}x{self.image.get_height()}", source.image.npy_header(),
+            bytes(source.image.data), bytes(source.mask.data) if source.mask is not None else b"",
+        )  # fmt: skip
+        kept = handoff.undelivered(key)
+        handle = Gimp.progress_get_window_handle()
+        job = core.dialog_job(
+            self.task, folder, backend, self.settings, title, source.mask is not None,
+            about=core.describe_input(title, source.layer.get_name(), region, source.selection),
+            window=core.window_ref(bytes(handle.get_data()) if handle is not None else None),
+            key=key, undelivered=kept.folder if kept is not None else None,
+        )  # fmt: skip
+        client.write_npy(job.image, source.image)
+        if source.mask is not None and job.mask:
+            client.write_npy(job.mask, source.mask)
+        Gimp.progress_init(f"Diffusion {self.task}: the dialog is open")
+
+        def image_gone() -> str | None:
+            if self.image.is_valid() and source.layer.is_valid():
                 return None
+            return "the image (or its layer) was closed in GIMP"
+
+        try:
+            answer = core.run_dialog(backend, job, folder / "job.json", watch=image_gone)
+        except core.DialogStopped as exc:
+            if Path(job.answer).is_file() and Path(job.result).is_file():
+                handoff.keep(folder, key, title)
+                raise core.PluginError(core.KEPT_MESSAGE.format(task=self.task)) from exc
+            Gimp.message(f"Diffusion {self.task} stopped: {exc}. Nothing was changed.")
+            return None
+        except core.EnvironmentBroken:
+            raise  # GIMP's own dialog would need the same environment: one message, not two
+        except core.PluginError as exc:
+            Gimp.message(f"{exc}\nUsing GIMP's own dialog instead.")
+            return self._run_with_gimp_dialog(procedure, config, source)
+        if answer is None:
+            return None
+        try:
+            if image_gone() is not None:
+                raise core.PluginError("the image was closed")
             result = client.read_npy(job.result)
             self.settings = core.settings_from_answer(self.task, answer, self.settings)
             self.apply(source, core.Outcome.from_answer(answer), result)
+        except Exception as exc:
+            handoff.keep(folder, key, title)  # finished work is never dropped
+            raise core.PluginError(f"{exc}. {core.KEPT_MESSAGE.format(task=self.task)}") from exc
+        handoff.discard(key)  # applied: an older undelivered result for this input is done with
         return self.settings
 
     def _run_with_gimp_dialog(self, procedure, config, source: Input) -> core.RunSettings | None:  # type: ignore[no-untyped-def]

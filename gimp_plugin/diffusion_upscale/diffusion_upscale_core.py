@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,7 +316,8 @@ def settings_from_answer(task: str, answer: client.DialogAnswer, start: RunSetti
 
 
 def dialog_job(task: str, folder: Path, backend: BackendSettings, settings: RunSettings, title: str,
-               has_mask: bool) -> client.DialogJob:  # fmt: skip
+               has_mask: bool, about: str = "", window: dict[str, Any] | None = None, key: str = "",
+               undelivered: Path | None = None) -> client.DialogJob:  # fmt: skip
     """The job file for the PySide6 dialog; the pixels go to ``folder`` beside it."""
     return client.DialogJob(
         task=task,
@@ -329,13 +332,39 @@ def dialog_job(task: str, folder: Path, backend: BackendSettings, settings: RunS
         title=title,
         settings={**settings.values, "params": settings.backend_params()},
         host_pid=os.getpid(),
+        about=about,
+        window=window,
+        stop=str(folder / "stop"),
+        key=key,
+        undelivered=str(undelivered) if undelivered else None,
     )
 
 
-REPAIR_ADVICE = (
-    "Run the installer again (python3 installer/install.py) to repair the backend environment; "
-    "its doctor (python -m backend doctor, with that environment's Python) says what is wrong."
-)
+def describe_input(title: str, layer: str, region: Rect, selection: Rect | None) -> str:
+    """What the dialog works on, in words: which image, which layer, which part."""
+    where = f"“{title}”, layer “{layer}”"
+    if selection is None:
+        return f"{where}: the whole layer, {region.width} × {region.height} px"
+    return (
+        f"{where}: the selection ({selection.width} × {selection.height} px) with its context, "
+        f"{region.width} × {region.height} px at {region.x}, {region.y}"
+    )
+
+
+def window_ref(handle: bytes | None, platform: str = sys.platform) -> dict[str, Any] | None:
+    """GIMP's window handle (``Gimp.progress_get_window_handle``) as the dialog can use it.
+
+    GIMP sends the native window id's bytes on X11 and Windows, and a NUL-terminated string
+    exported by xdg-foreign on Wayland; macOS gives none.
+    """
+    if not handle:
+        return None
+    if handle.endswith(b"\0") and len(handle) > 1 and all(32 <= c < 127 for c in handle[:-1]):
+        return {"system": "wayland", "id": handle[:-1].decode("ascii")}
+    if len(handle) not in (4, 8):
+        return None
+    number = int.from_bytes(handle, sys.byteorder)
+    return {"system": "windows" if platform == "win32" else "x11", "id": number} if number else None
 
 
 def check_environment(backend: BackendSettings) -> None:
@@ -343,17 +372,35 @@ def check_environment(backend: BackendSettings) -> None:
     if backend.python and not Path(backend.python).is_file():
         where = f" (set in {backend.config_file})" if backend.config_file else ""
         raise EnvironmentBroken(
-            f"The backend environment's Python {backend.python}{where} does not exist. {REPAIR_ADVICE}"
+            f"The backend environment's Python {backend.python}{where} does not exist. "
+            f"{client.repair_advice(None)}"
         )
 
 
+KEPT_MESSAGE = (
+    "The finished result could not be added, so it is kept: run Diffusion {task} again on the same image "
+    "(open the file again if it was closed) and the dialog offers to add it."
+)
+
+
+class DialogStopped(PluginError):
+    """The host stopped the dialog (its image was closed); nothing was changed."""
+
+
 def run_dialog(
-    backend: BackendSettings, job: client.DialogJob, job_file: Path, extra_args: tuple[str, ...] = ()
+    backend: BackendSettings,
+    job: client.DialogJob,
+    job_file: Path,
+    extra_args: tuple[str, ...] = (),
+    watch: Callable[[], str | None] | None = None,
+    interval: float = 0.5,
 ) -> client.DialogAnswer | None:
     """Run ``python -m gui --job FILE`` with the backend environment's Python and wait for it.
 
     Returns the answer on Apply, None on Cancel; PluginError when the dialog cannot run (the
-    caller then falls back to GIMP's own dialog).
+    caller then falls back to GIMP's own dialog). ``watch`` is asked every ``interval`` seconds
+    while the dialog is open; a reason from it (the image was closed) is written to the job's stop
+    file, the dialog stops its backend job and closes, and DialogStopped carries the reason.
     """
     import subprocess
 
@@ -362,29 +409,48 @@ def run_dialog(
     check_environment(backend)
     job.write(job_file)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
-    try:
-        done = subprocess.run(
-            [backend.python, "-m", "gui", "--job", str(job_file), *extra_args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=env,
-            text=True,
-            errors="replace",
-        )
-    except OSError as exc:
-        raise PluginError(f"Could not start the dialog with {backend.python}: {exc}") from exc
-    if done.returncode == client.DIALOG_EXIT_CANCELED:
+    log = job_file.with_name("dialog.log")  # a file, not a pipe: a chatty dialog never blocks
+    stopped: str | None = None
+    with open(log, "w+", encoding="utf-8", errors="replace") as output:
+        try:
+            process = subprocess.Popen(
+                [backend.python, "-m", "gui", "--job", str(job_file), *extra_args],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                env=env,
+            )
+        except OSError as exc:
+            raise PluginError(f"Could not start the dialog with {backend.python}: {exc}") from exc
+        deadline = None
+        while True:
+            try:
+                code = process.wait(timeout=interval)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if stopped is None and watch is not None:
+                stopped = watch()
+                if stopped is not None and job.stop:
+                    Path(job.stop).write_text(stopped, encoding="utf-8")
+                    deadline = time.monotonic() + 30  # time to cancel its backend job and close
+            if deadline is not None and time.monotonic() > deadline:
+                process.kill()
+        output.seek(0)
+        lines = output.read().strip().splitlines()
+    if stopped is not None:
+        raise DialogStopped(stopped)
+    if code == client.DIALOG_EXIT_CANCELED:
         return None
-    if done.returncode != client.DIALOG_EXIT_APPLIED:
-        lines = (done.stderr or "").strip().splitlines()
+    if code != client.DIALOG_EXIT_APPLIED:
         missing = [line for line in lines if "No module named" in line]
         if missing:
             raise EnvironmentBroken(
                 f"The Python {backend.python} has no GIMP Diffusion Upscale backend ({missing[-1].strip()}). "
-                f"{REPAIR_ADVICE}"
+                f"{client.repair_advice(backend.python)}"
             )
         tail = "\n".join(lines[-6:])
-        raise PluginError(f"The dialog stopped with exit code {done.returncode}:\n{tail}")
+        raise PluginError(f"The dialog stopped with exit code {code}:\n{tail}")
     return client.DialogAnswer.read(job.answer)
 
 
@@ -445,7 +511,7 @@ def connect(settings: BackendSettings, on_wait: Any = None) -> client.Client:
         return connection
     except client.ServerStartError as exc:
         check_environment(settings)  # a Python that is gone says so, not "[Errno 2]"
-        raise PluginError(f"{exc}\n{REPAIR_ADVICE}") from exc
+        raise PluginError(f"{exc}\n{client.repair_advice(settings.python)}") from exc
     except client.ServerUnreachable as exc:
         hint = (
             ""
