@@ -35,7 +35,7 @@ from .models.registry import DEFAULT_MODEL_FOR_TASK
 from .models.store import InstalledModel, installed_models, resolve_model
 from .pipelines.captioner import Captioner, find_captioner
 from .pipelines.params import RestoreParams
-from .pipelines.pasd import DenoiseTiling, PasdPipeline, PreviewFn, TraceFn, emit, model_widths
+from .pipelines.pasd import DenoiseTiling, NoiseAnchor, PasdPipeline, PreviewFn, TraceFn, emit, model_widths
 from .pipelines.prescale import make_prescaler
 from .pipelines.preview import to_preview
 from .pipelines.prompt import colorize_words, join_prompt
@@ -93,6 +93,7 @@ class RunPlan:
     tile: int  # diffusion tile, process pixels
     vae_tile: int
     tiles: int  # number of diffusion tiles
+    anchor: NoiseAnchor | None = None  # a framed crop: its place in the whole image's latent
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,24 @@ class Engine:
     def plan(self, height: int, width: int, params: RestoreParams, pipeline: PasdPipeline | None) -> RunPlan:
         out_h = max(1, round(height * params.scale))
         out_w = max(1, round(width * params.scale))
-        fh, fw = plan_process_size(out_h, out_w, params.process_size, params.task)
-        ph, pw = _round8(fh), _round8(fw)
+        anchor = None
+        if params.frame is None:
+            fh, fw = plan_process_size(out_h, out_w, params.process_size, params.task)
+            ph, pw = _round8(fh), _round8(fw)
+        else:  # a crop, processed as the whole image would be: same scale, same noise at its place
+            x, y, whole_w, whole_h = params.frame
+            if x + width > whole_w or y + height > whole_h:
+                raise InputError(
+                    f"the {width}x{height} crop at {x},{y} does not fit in the {whole_w}x{whole_h} frame"
+                )
+            wh, ww = max(1, round(whole_h * params.scale)), max(1, round(whole_w * params.scale))
+            fh, fw = plan_process_size(wh, ww, params.process_size, params.task)
+            ratio = fh / wh  # process pixels per output pixel, as for the whole image
+            ph, pw = _round8(out_h * ratio), _round8(out_w * ratio)
+            lh, lw = _round8(fh) // 8, _round8(fw) // 8
+            top = min(max(0, round(y * params.scale * ratio / 8)), max(0, lh - ph // 8))
+            left = min(max(0, round(x * params.scale * ratio / 8)), max(0, lw - pw // 8))
+            anchor = NoiseAnchor(top, left, max(lh, top + ph // 8), max(lw, left + pw // 8))
         tile, vae_tile = params.tile, params.vae_tile
         if tile is None or vae_tile is None:
             widths = model_widths(pipeline) if pipeline is not None else (320, 128)
@@ -224,7 +241,7 @@ class Engine:
         lt = tile // 8
         overlap = round(lt * params.tile_overlap)
         count = len(plan_tiles(ph // 8, pw // 8, lt, overlap))
-        return RunPlan((height, width), (out_h, out_w), (ph, pw), tile, vae_tile, count)
+        return RunPlan((height, width), (out_h, out_w), (ph, pw), tile, vae_tile, count, anchor)
 
     # ------------------------------------------------------------------ running
     def restore(
@@ -396,6 +413,7 @@ class Engine:
             check_cancel=cancel.check,
             preview=preview,
             trace=trace,
+            anchor=plan.anchor,
         )
         del scale
         cancel.check()

@@ -188,15 +188,16 @@ class Controls(QWidget):
         self.dice.setText("⚄")
         self.dice.setToolTip("Pick a new random seed.")
         self.dice.clicked.connect(lambda: self.seed.setValue(random_seed()))
-        self.seed_lock = QCheckBox("Loc&k")
-        self.seed_lock.setToolTip(
-            "Keep this seed for every run, to compare settings on the same details. Unlocked, each "
-            "Preview and Apply draws a new seed (shown here)."
+        self.seed_new = QCheckBox("New each previe&w")
+        self.seed_new.setToolTip(
+            "Draw a new seed for every Preview, to see other details. Off (the default), the seed stays "
+            "until you change it. Apply always uses the seed shown: the one of the last preview, so the "
+            "applied details are the ones you approved."
         )
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.dice)
-        seed_row.addWidget(self.seed_lock)
+        seed_row.addWidget(self.seed_new)
         _row(form, "See&d:", seed_row, self.seed)
 
         self.color_mode = QComboBox()
@@ -337,7 +338,7 @@ class Controls(QWidget):
             steps=self.steps.value(),
             guidance=round(self.guidance.value(), 2),
             seed=self.seed.value(),
-            seed_locked=self.seed_lock.isChecked(),
+            new_seed_per_preview=self.seed_new.isChecked(),
             fidelity_fg=self.fidelity_fg.value(),
             fidelity_bg=self.fidelity_bg.value(),
             process_size=self.process_size.value(),
@@ -368,7 +369,7 @@ class Controls(QWidget):
             self.steps.setValue(s.steps)
             self.guidance.setValue(s.guidance)
             self.seed.setValue(s.seed)
-            self.seed_lock.setChecked(s.seed_locked)
+            self.seed_new.setChecked(s.new_seed_per_preview)
             self.fidelity_fg.setValue(s.fidelity_fg)
             self.fidelity_bg.setValue(s.fidelity_bg)
             self.process_size.setValue(s.process_size)

@@ -598,8 +598,10 @@ class RestoreDialog(QDialog):
         self._fill_models(self.controls.model_combo.currentData())
 
     # =================================================================== runs
-    def _prepared_request(self) -> Request | None:
-        if not self.controls.seed_lock.isChecked():
+    def _prepared_request(self, preview: bool = False) -> Request | None:
+        """The request for a run. Only a Preview may draw a new seed (when asked to): Apply keeps the
+        seed shown, the last preview's, so the applied details are the approved ones."""
+        if preview and self.controls.seed_new.isChecked():
             self.controls.seed.setValue(random_seed())
         try:
             return self.request()
@@ -611,7 +613,7 @@ class RestoreDialog(QDialog):
         """Run the crop (and the selection's crop) with the current settings."""
         if self._run is not None or not self.connected:
             return
-        request = self._prepared_request()
+        request = self._prepared_request(preview=True)
         if request is None:
             return
         rect = self.crop_view.crop

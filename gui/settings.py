@@ -42,7 +42,7 @@ class DialogSettings:
     steps: int = 20
     guidance: float = 7.5
     seed: int = field(default_factory=random_seed)
-    seed_locked: bool = False  # locked: the same seed every run; else a new one per run
+    new_seed_per_preview: bool = False  # off: the seed stays until changed, so Apply repeats the preview
     fidelity_fg: float = 1.0
     fidelity_bg: float = 1.0
     process_size: int = 768

@@ -323,6 +323,50 @@ def test_trace_sees_every_stage_and_does_not_change_the_run(engine: Engine) -> N
     assert names[:2] == ["cond", "scale_map"] and seen["scale_map"].shape == (1, 1, 256, 360)
 
 
+def test_a_framed_preview_runs_at_the_whole_images_scale_with_its_noise(engine: Engine) -> None:
+    """A preview's crop is processed as Apply processes the whole image: same process scale, and the
+    very noise the whole run draws at that place; framing the whole image changes nothing at all."""
+    img = rgb(96, 128, seed=3)
+    params = FAST.with_(scale=2.0, steps=2)
+    traces: dict[str, dict[str, torch.Tensor]] = {"whole": {}, "crop": {}}
+
+    def tracer(name: str):
+        return lambda stage, tensor: traces[name].__setitem__(stage, tensor)
+
+    whole = engine.restore(img, params, model="tiny-full", trace=tracer("whole"))
+    framed = engine.restore(img, params.with_(frame=(0, 0, 128, 96)), model="tiny-full")
+    assert np.array_equal(whole.image, framed.image)  # Apply's draws are the reference's draws
+    assert whole.plan.process_size == (256, 344)
+
+    x, y, w, h = 48, 30, 48, 42  # a crop whose place falls on the latent grid (2 × 256/192 × 30 = 80)
+    crop = engine.restore(img[y : y + h, x : x + w], params.with_(frame=(x, y, 128, 96)), model="tiny-full",
+                          trace=tracer("crop"))  # fmt: skip
+    ratio = 256 / 192  # process pixels per output pixel of the whole run
+    assert crop.plan.process_size == (round(2 * h * ratio), round(2 * w * ratio)) == (112, 128)
+    anchor = crop.plan.anchor
+    assert (
+        anchor is not None
+        and (anchor.top, anchor.left) == (10, 16)
+        and (anchor.height, anchor.width) == (32, 43)
+    )
+    part = (..., slice(10, 10 + 14), slice(16, 16 + 16))
+    for stage in ("noise", "added_noise"):
+        assert torch.equal(traces["crop"][stage], traces["whole"][stage][part]), stage
+    # Not the same pixels (the model sees less context), but far closer than any other seed's.
+    target = whole.image[2 * y : 2 * (y + h), 2 * x : 2 * (x + w)].astype(float)
+    other = engine.restore(
+        img[y : y + h, x : x + w], params.with_(frame=(x, y, 128, 96), seed=8), model="tiny-full"
+    )
+    unframed = engine.restore(img[y : y + h, x : x + w], params, model="tiny-full")
+    near = np.abs(crop.image - target).mean()
+    assert near < 0.75 * np.abs(other.image - target).mean()
+    assert near < 0.75 * np.abs(unframed.image - target).mean()
+    with pytest.raises(InputError, match="does not fit"):
+        engine.restore(img[:50, :50], params.with_(frame=(100, 0, 128, 96)), model="tiny-full")
+    with pytest.raises(InputError, match="frame"):
+        engine.restore(img, params.with_(frame=(0, 0, 0, 96)), model="tiny-full")
+
+
 def test_latent_preview_fit_recovers_a_linear_decoder() -> None:
     from backend.pipelines.preview import LatentPreview
 

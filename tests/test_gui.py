@@ -166,7 +166,7 @@ def test_dialog_builds_from_a_job_file(qtbot: Any, server: ServerProcess, tmp_pa
     # Enter applies, Esc cancels; every control says what it does.
     assert dialog.apply_button.isDefault() and dialog.apply_button.isEnabled()
     described = [c.preset, c.model_combo, c.install_button, c.scale_combo, c.prompt, c.auto_prompt,
-                 c.fidelity_fg, c.fidelity_bg, c.steps, c.guidance, c.seed, c.dice, c.seed_lock, c.output,
+                 c.fidelity_fg, c.fidelity_bg, c.steps, c.guidance, c.seed, c.dice, c.seed_new, c.output,
                  c.quality_words, c.negative_words, c.tile, c.process_size, c.noise, c.color_fix,
                  dialog.preview_button]  # fmt: skip
     for control in described:
@@ -200,7 +200,7 @@ def test_request_carries_every_parameter(qtbot: Any, server: ServerProcess, tmp_
     c.negative_words.setText("")
     c.steps.setValue(33)
     c.guidance.setValue(5.5)
-    c.seed_lock.setChecked(True)
+    c.seed_new.setChecked(True)
     c.seed.setValue(1234)
     c.fidelity_fg.setValue(1.75)
     c.fidelity_bg.slider.setValue(30)  # the slider moves the number with it
@@ -274,7 +274,7 @@ def test_settings_are_saved_and_come_back(
     c.steps.setValue(12)
     c.guidance.setValue(3.0)
     c.seed.setValue(777)
-    c.seed_lock.setChecked(True)
+    c.seed_new.setChecked(True)
     c.tile.setValue(128)
     c.noise.setValue(600)
     c.negative_words.setText("fog")
@@ -291,11 +291,11 @@ def test_settings_are_saved_and_come_back(
     assert second.controls.advanced.is_open and second.controls.tile.value() == 128
     assert not Path(DialogJob.read(job_file).result).exists()
 
-    # The host's last values win where it gives them; the seed lock stays the user's.
+    # The host's last values win where it gives them; the new-seed choice stays the user's.
     host = {"prompt": "from GIMP", "seed": -1, "params": {"steps": 9, "negative_prompt": None, "seed": 42}}
     third = open_dialog(qtbot, make_job(tmp_path / "job2", server.url, settings=host))
     values = third.values()
-    assert (values.prompt, values.steps, values.seed, values.seed_locked) == ("from GIMP", 9, 42, True)
+    assert (values.prompt, values.steps, values.seed) == ("from GIMP", 9, 42) and values.new_seed_per_preview
     assert values.negative_prompt is None and values.fidelity_bg == 0.5  # not given: stored
     # A 3× from the plug-in (its argument allows 1 to 4) is offered rather than dropped.
     fourth = open_dialog(qtbot, make_job(tmp_path / "job3", server.url, settings={"scale": 3}))
@@ -306,11 +306,11 @@ def test_settings_file_survives_bad_content(user_folders: Path) -> None:
     user_folders.mkdir(parents=True)
     (user_folders / "dialog.json").write_text("{not json")
     assert SettingsStore.open().load("upscale").steps == 20
-    bad = {"steps": "many", "scale": 5, "guidance": 4, "seed_locked": 1, "prompt": "ok"}
+    bad = {"steps": "many", "scale": 5, "guidance": 4, "new_seed_per_preview": 1, "prompt": "ok"}
     (user_folders / "dialog.json").write_text(json.dumps({"version": 1, "upscale": bad}))
     loaded = SettingsStore.open().load("upscale")
     kept = {k: getattr(loaded, k) for k in bad}
-    assert kept == {"steps": 20, "scale": 2, "guidance": 4.0, "seed_locked": False, "prompt": "ok"}
+    assert kept == {"steps": 20, "scale": 2, "guidance": 4.0, "new_seed_per_preview": False, "prompt": "ok"}
     # The plug-in's argument names are understood too.
     merged = merge_host(DialogSettings(), {"fidelity-fg": 1.2, "noise-level": 500, "tile": 0, "model": ""})
     assert (merged.fidelity_fg, merged.added_noise_level, merged.tile, merged.model) == (1.2, 500, None, None)

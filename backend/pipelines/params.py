@@ -47,6 +47,13 @@ class RestoreParams:
     tile_overlap: float = 0.25  # fraction of the tile shared with its neighbour
     vae_tile: int | None = None  # VAE tile, output pixels; None = from free memory
     prescaler: str | None = None  # None/"bicubic" or a path to GAN upscaler weights (spandrel)
+    # A preview's crop: [x, y, whole width, whole height] of the image it is cut from (input pixels).
+    # The crop is then processed at the whole image's scale and with its noise there (see NoiseAnchor).
+    frame: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.frame, list):  # from JSON
+            object.__setattr__(self, "frame", tuple(self.frame))
 
     def effective_quality_prompt(self) -> str:
         if self.quality_prompt is not None:
@@ -82,6 +89,13 @@ class RestoreParams:
                     raise ParamsError(f"{name} must be a multiple of 8 pixels, not {value}")
         if self.seed is not None:
             _integer("seed", self.seed, 0, MAX_SEED)
+        if self.frame is not None:
+            if not isinstance(self.frame, tuple) or len(self.frame) != 4:
+                raise ParamsError("frame must be [x, y, whole width, whole height]")
+            for name, value in zip(("frame x", "frame y"), self.frame[:2], strict=True):
+                _integer(name, value, 0, 1 << 20)
+            for name, value in zip(("frame width", "frame height"), self.frame[2:], strict=True):
+                _integer(name, value, 1, 1 << 20)
         for name in ("prompt", "quality_prompt", "negative_prompt"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

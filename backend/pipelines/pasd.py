@@ -53,6 +53,38 @@ def emit(trace: TraceFn | None, name: str, tensor: torch.Tensor) -> None:
 
 
 @dataclass(frozen=True)
+class NoiseAnchor:
+    """Where an image lies in a larger one, in latent pixels: ``top``, ``left`` and the larger size.
+
+    A preview runs a crop of the image the user will apply. Drawing the *whole* latent's noise in
+    the order a whole run draws it (the VAE sample's, then the two start noises) and cutting out the
+    crop's part gives the crop the very noise the whole run has there, so the preview shows the
+    details Apply makes. For the whole image (``top = left = 0``, same size) the draws equal an
+    unanchored run's exactly.
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def draw(
+        self, generator: torch.Generator, channels: int, size: tuple[int, int], vae_dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = size
+        if self.top < 0 or self.left < 0 or self.top + h > self.height or self.left + w > self.width:
+            raise ValueError(
+                f"a {h}x{w} latent at {self.top},{self.left} is outside {self.height}x{self.width}"
+            )
+        whole = (1, channels, self.height, self.width)
+        part = (..., slice(self.top, self.top + h), slice(self.left, self.left + w))
+        vae = torch.randn(whole, generator=generator, dtype=vae_dtype)[part].clone()
+        noise = torch.randn(whole, generator=generator, dtype=torch.float32)[part].clone()
+        added = torch.randn(whole, generator=generator, dtype=torch.float32)[part].clone()
+        return vae, noise, added
+
+
+@dataclass(frozen=True)
 class DenoiseTiling:
     """Diffusion tiles in latent pixels."""
 
@@ -176,6 +208,7 @@ class PasdPipeline:
         check_cancel: CancelFn = _no_cancel,
         preview: PreviewFn | None = None,
         trace: TraceFn | None = None,
+        anchor: NoiseAnchor | None = None,
     ) -> torch.Tensor:
         """Restore ``image`` ([1, 3, H, W] in [0, 1], H and W multiples of 8, on the CPU).
 
@@ -186,6 +219,8 @@ class PasdPipeline:
         ([uncond, cond] or [cond]), ``init_latents`` (the VAE's sample, scaled), the two noise draws
         ``noise`` and ``added_noise``, ``noised_start``, ``step_0`` … ``step_{n-1}`` (latents after
         each solver step) and ``decoded``. Tracing only copies: the result does not change.
+        ``anchor`` places the image in a larger one (a preview's crop in the whole image): the noise
+        is then the larger image's, drawn in the same order, at the crop's place (see NoiseAnchor).
         """
         if image.ndim != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"image must be [1, 3, H, W], got {list(image.shape)}")
@@ -207,14 +242,21 @@ class PasdPipeline:
         scheduler.set_timesteps(steps, device=device)
         timesteps = scheduler.timesteps
 
+        drawn = None
+        if anchor is not None:
+            vae_dtype = next(self.vae.parameters()).dtype
+            channels = self.vae.config.latent_channels
+            drawn = anchor.draw(generator, channels, (height // f, width // f), vae_dtype)
         with self._on_device(self.vae):
-            init = self._encode(image, vae_tiling, generator, progress, check_cancel)
+            init = self._encode(image, vae_tiling, generator, progress, check_cancel, drawn and drawn[0])
         emit(trace, "init_latents", init)
         on_step = None
         if preview is not None:
             previewer = LatentPreview(init, image)
             on_step = lambda estimate: preview(previewer(estimate))  # noqa: E731
-        latents = self._noised_start(scheduler, init, timesteps[:1], added_noise_level, generator, trace)
+        latents = self._noised_start(
+            scheduler, init, timesteps[:1], added_noise_level, generator, trace, drawn and drawn[1:]
+        )
         del init
 
         with self._on_device(self.unet, self.controlnet):
@@ -285,6 +327,7 @@ class PasdPipeline:
         added_noise_level: int,
         generator: torch.Generator,
         trace: TraceFn | None = None,
+        drawn: tuple[torch.Tensor, ...] | None = None,
     ) -> torch.Tensor:
         """PASD's start: the encoded input noised to the first timestep, then to ``added_noise_level``.
 
@@ -294,9 +337,13 @@ class PasdPipeline:
         ``level`` up in the solver's schedule and, when it is not on it (900 with 20 steps), fall back
         to the last step: the knob would jump instead of turning.
         """
-        noise = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
+        if drawn:
+            noise, added = (d.to(init.device) for d in drawn)
+        else:
+            noise = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
         latents = scheduler.add_noise(init, noise, first.repeat(init.shape[0]))
-        added = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
+        if not drawn:
+            added = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(init.device)
         latents = renoise(latents, added, added_noise_level, scheduler.alphas_cumprod)
         latents = latents * scheduler.init_noise_sigma
         emit(trace, "noise", noise)
@@ -357,6 +404,7 @@ class PasdPipeline:
         generator: torch.Generator,
         progress: ProgressFn,
         check_cancel: CancelFn,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         def on_tile(done: int, total: int) -> None:
             progress("encode", done, total)
@@ -370,6 +418,7 @@ class PasdPipeline:
             check_cancel=check_cancel,
             on_tile=on_tile,
             from_unit=True,  # [0, 1] → [-1, 1] per tile: no image-sized temporary
+            noise=noise,
         )
         return latents.to(device=self.choice.device, dtype=torch.float32)
 

@@ -376,8 +376,12 @@ def tiled_encode(
     check_cancel: Callable[[], None] | None = None,
     on_tile: Progress | None = None,
     from_unit: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Encode an image ``[B, 3, H, W]`` in [-1, 1] to *scaled* latents ``[B, 4, H/8, W/8]``.
+
+    ``noise`` (``[B, C, H/8, W/8]``), when given, is the sample's noise instead of a draw (a preview
+    takes the part of the whole image's noise where its crop lies).
 
     With ``from_unit`` the image is in [0, 1] and each tile is mapped to [-1, 1] on its way to the
     VAE, so a large image needs no image-sized temporary.
@@ -399,7 +403,10 @@ def tiled_encode(
         if check_cancel is not None:
             check_cancel()
         dist = vae.encode(_vae_input(image, from_unit, device, dtype)).latent_dist
-        z = dist.sample(generator) if sample else dist.mean
+        if sample and noise is not None:
+            z = dist.mean + dist.std * noise.to(device=device, dtype=dist.mean.dtype)
+        else:
+            z = dist.sample(generator) if sample else dist.mean
         if on_tile is not None:
             on_tile(1, 1)
         return ((z - shift) * scaling).float()
@@ -407,9 +414,12 @@ def tiled_encode(
 
     channels = vae.config.latent_channels
     latents = torch.empty((b, channels, h, w), dtype=torch.float32, device=device)
-    noise = (
-        randn_tensor((b, channels, h, w), generator=generator, device=device, dtype=dtype) if sample else None
-    )
+    if not sample:
+        noise = None
+    elif noise is None:
+        noise = randn_tensor((b, channels, h, w), generator=generator, device=device, dtype=dtype)
+    else:
+        noise = noise.to(device=device, dtype=dtype)
 
     def forward(tile: _Tile) -> torch.Tensor:
         moments = vae.encoder(_vae_input(image[(..., *tile.padded(LATENT_FACTOR))], from_unit, device, dtype))
