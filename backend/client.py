@@ -236,6 +236,20 @@ class JobInfo:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    seconds: float | None  # None: the model has not run on that server yet
+    runs: int
+    model: str | None
+    process_width: int
+    process_height: int
+    tiles: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Estimate:
+        return _build(cls, data)
+
+
+@dataclass(frozen=True)
 class DownloadStatus:
     model: str
     state: str  # running, succeeded, failed
@@ -523,6 +537,13 @@ class Client:
         """Queue a job on uploaded ids; ``params`` are the pipeline's (task, scale, prompt, ...)."""
         request = {"image": image, "mask": mask, "model": model, "params": params or {}, "detached": detached}
         return JobInfo.from_json(self._json("POST", f"{API}/jobs", request))
+
+    def estimate(
+        self, width: int, height: int, params: dict[str, Any] | None = None, model: str | None = None
+    ) -> Estimate:
+        """How long a job on an image of this size would take on this server (measured, not guessed)."""
+        request = {"width": width, "height": height, "model": model, "params": params or {}}
+        return Estimate.from_json(self._json("POST", f"{API}/estimate", request))
 
     def job(self, job_id: str) -> JobInfo:
         """The job's state; asking counts as the heartbeat that keeps a job alive."""

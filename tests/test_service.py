@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from backend.client import (
+    ApiError,
     AuthError,
     Client,
     JobCanceled,
@@ -652,3 +653,30 @@ def test_delete_and_expiry(tiny_models: dict[str, Path], tmp_path: Path) -> None
         with pytest.raises(NotFound):
             client.image_info(image)
         assert running.healthy()
+
+
+# --------------------------------------------------------------------------- estimates
+def test_estimates_come_from_this_machines_finished_runs(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before a model's first run there is no estimate (nothing is guessed); after it, the measured speed
+    scales with the work, and it survives a restart of the server."""
+    with ServerProcess(tiny_models["full"].parent, tmp_path) as running:
+        client = running.client()
+        first = client.estimate(56, 40, FAST)
+        assert first.seconds is None and first.runs == 0 and first.model == "tiny-full"
+        assert (first.process_height, first.process_width, first.tiles) == (256, 360, 1)
+        job, _ = client.run(raw(gradient(40, 56)), FAST)
+        assert job.result is not None
+        after = client.estimate(56, 40, FAST)
+        assert after.runs == 1 and after.seconds is not None
+        assert 0 < after.seconds <= job.result["seconds"] + 0.1  # the model's loading is not counted
+        twice = client.estimate(56, 40, {**FAST, "steps": 4})
+        assert twice.seconds == pytest.approx(2 * after.seconds, abs=0.15)  # twice the denoising work
+        with pytest.raises(ApiError, match="does not fit") as bad:
+            client.estimate(56, 40, {**FAST, "frame": [30, 0, 64, 40]})
+        assert bad.value.status == 422
+        with pytest.raises(ApiError, match="Unknown model"):
+            client.estimate(56, 40, FAST, model="no-such-model")
+    with ServerProcess(tiny_models["full"].parent, tmp_path) as restarted:
+        assert restarted.client().estimate(56, 40, FAST).runs == 1

@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..client import health_proof
 from ..devices import free_memory
-from ..engine import Engine
+from ..engine import Engine, InputError
 from ..models.loading import ModelLoadError
 from ..models.registry import DEFAULT_MODEL_FOR_TASK, REGISTRY
 from ..models.store import installed_models, missing_files
@@ -46,6 +46,7 @@ from .jobs import (
     is_disk_full,
     low_disk_warning,
 )
+from .speed import SpeedBook, work_units
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def create_app(config: ServerConfig, log_file: Path | None = None, engine: Engin
         config.abandon_after,
         config.result_ttl,
         config.fetched_ttl,
+        SpeedBook(data / "speed.json"),
     )
     services = Services(config, engine, images, jobs, Downloads(models), log_file)
 
@@ -363,6 +365,32 @@ def _install_routes(app: FastAPI, s: Services) -> None:
             raise ApiError(429, str(exc), {"Retry-After": "5"}) from None
         return _job_info(s, job)
 
+    @app.post(f"{v}/estimate", response_model=schemas.Estimate, tags=["jobs"])
+    def estimate(request: schemas.EstimateRequest) -> schemas.Estimate:
+        """How long a job would take here, from this server's finished runs of the model."""
+        try:
+            params = RestoreParams.from_dict(request.params.model_dump())
+        except (ParamsError, TypeError) as exc:
+            raise ApiError(422, f"Invalid parameters: {exc}") from None
+        _check_work(s, request.height, request.width, params)
+        _check_model(s, request.model, params.task)
+        model = s.engine.find_model(request.model, params.task).root.name
+        plan = s.engine.plan(request.height, request.width, params, None)
+        guess = (
+            s.jobs.speed.estimate(model, work_units(params.steps, plan.process_size, params.guidance))
+            if s.jobs.speed is not None
+            else None
+        )
+        ph, pw = plan.process_size
+        return schemas.Estimate(
+            seconds=None if guess is None or guess.seconds is None else round(guess.seconds, 1),
+            runs=0 if guess is None else guess.runs,
+            model=model,
+            process_width=pw,
+            process_height=ph,
+            tiles=plan.tiles,
+        )
+
     @app.get(f"{v}/jobs", response_model=schemas.JobList, tags=["jobs"])
     def list_jobs() -> schemas.JobList:
         """All jobs the server knows; listing does not count as polling a job."""
@@ -501,7 +529,10 @@ def _check_work(s: Services, height: int, width: int, params: RestoreParams) -> 
             f"The result would have {out_pixels / 1e6:.1f} megapixels; this server makes at most "
             f"{s.config.max_output_megapixels:g}. Use a smaller scale or a part of the image.",
         )
-    plan = s.engine.plan(height, width, params, None)
+    try:
+        plan = s.engine.plan(height, width, params, None)
+    except InputError as exc:  # a preview's frame that does not hold its crop
+        raise ApiError(422, f"Invalid parameters: {exc}") from None
     ph, pw = plan.process_size
     if ph * pw > limit:
         raise ApiError(

@@ -32,6 +32,7 @@ from ..models.loading import ModelLoadError
 from ..pipelines.params import RestoreParams
 from ..pipelines.prescale import PrescalerError
 from .images import ImageStore
+from .speed import SpeedBook, work_units
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,11 @@ class JobQueue:
         abandon_after: float,
         result_ttl: float,
         fetched_ttl: float,
+        speed: SpeedBook | None = None,
     ) -> None:
         self.engine = engine
         self.images = images
+        self.speed = speed  # learns this machine's speed from finished runs (the estimates)
         self.root = root
         self.queue_size = queue_size
         self.abandon_after = abandon_after
@@ -467,7 +470,12 @@ class JobQueue:
             }
             with self._cond:
                 job.result = info
+                began = job._eta_origin[0] if job._eta_origin is not None else None
                 self._finish(job, "succeeded", None)
+            if self.speed is not None:  # loading the model aside: that happens once
+                seconds = time.monotonic() - began if began is not None else result.seconds
+                work = work_units(params.steps, result.plan.process_size, params.guidance)
+                self.speed.record(result.model, work, seconds)
             log.info("job %s succeeded in %.1f s", job.id, result.seconds)
         except Canceled:
             with self._cond:

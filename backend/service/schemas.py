@@ -125,6 +125,26 @@ class JobRequest(BaseModel):
     )
 
 
+class EstimateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(ge=1, le=1 << 20, description="input width in pixels")
+    height: int = Field(ge=1, le=1 << 20, description="input height in pixels")
+    model: str | None = Field(None, description="installed model id; default: the task's default model")
+    params: ParamsModel = Field(default_factory=ParamsModel)  # type: ignore[valid-type]
+
+
+class Estimate(BaseModel):
+    seconds: float | None = Field(
+        description="expected run time here (model loading aside); null before the model's first run"
+    )
+    runs: int = Field(description="how many finished runs of this model the estimate rests on")
+    model: str | None = Field(description="the model the estimate is for")
+    process_width: int
+    process_height: int
+    tiles: int
+
+
 class Progress(BaseModel):
     stage: str
     step: int
