@@ -45,6 +45,7 @@ from backend.client import (
     Client,
     ClientError,
     DownloadStatus,
+    Estimate,
     Health,
     JobFailed,
     JobInfo,
@@ -87,6 +88,12 @@ STAGES = {  # the server's stages, and the client-side steps before and after th
 }
 
 Deliver = Callable[[Request, JobInfo, RawImage], None]
+
+
+def preview_frame(width: int, height: int, side: int = PREVIEW_SIDE) -> tuple[int, int]:
+    """The preview frame's size: at most ``side`` square (a small part of a large image), and at most
+    half of each side of a small one, so a Preview costs a quarter of Apply or less."""
+    return min(side, max(16, width // 2), width), min(side, max(16, height // 2), height)
 
 
 @dataclass
@@ -205,6 +212,13 @@ class RestoreDialog(QDialog):
         self.start_timer = QTimer(self)
         self.start_timer.setInterval(1000)
         self.start_timer.timeout.connect(self._show_starting)
+        self.estimate_timer = QTimer(self)  # settles changes before asking the backend
+        self.estimate_timer.setSingleShot(True)
+        self.estimate_timer.setInterval(300)
+        self.estimate_timer.timeout.connect(self.estimate)
+        self._estimate_call: Call | None = None
+        self._estimate_again = False
+        self.estimates: tuple[Estimate, Estimate] | None = None  # preview, apply
         self.host_timer = QTimer(self)
         self.host_timer.setInterval(1000)
         self.host_timer.timeout.connect(self._check_host)
@@ -285,6 +299,13 @@ class RestoreDialog(QDialog):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
+        self.estimate_label = QLabel()
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        self.estimate_label.setToolTip(
+            "How long Preview and Apply take, from the backend's finished runs of this model on its "
+            "computer; during a run the time left is measured as the steps go."
+        )
         self.progress_label = QLabel("Ready.")
         self.progress_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.buttons = QDialogButtonBox(
@@ -314,7 +335,10 @@ class RestoreDialog(QDialog):
         progress_row.addWidget(self.progress_label, 1)
         progress_row.addWidget(self.progress, 1)
         layout.addLayout(progress_row)
-        layout.addWidget(self.buttons)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.estimate_label, 1)
+        bottom.addWidget(self.buttons)
+        layout.addLayout(bottom)
 
         self.resize(QSize(1040, 700))
 
@@ -329,6 +353,7 @@ class RestoreDialog(QDialog):
 
     def _values_changed(self) -> None:
         self._show_before()
+        self._want_estimate()
         if self._preview_after is not None and self._run is None:
             self.split_view.set_after_label("After (earlier settings)")
 
@@ -366,13 +391,14 @@ class RestoreDialog(QDialog):
             rgba[..., 3] = (small.astype(np.uint32) * 90 // 65535).astype(np.uint8)
             overlay = to_qimage(rgba)
         self.crop_view.set_image(self.thumbnail, w, h, overlay)
-        side = Rect(0, 0, min(self.preview_side, w), min(self.preview_side, h))
+        side = Rect(0, 0, *preview_frame(w, h, self.preview_side))
         bounds = mask_bounds(self.mask_pixels) if self.mask_pixels is not None else None
         centre = bounds or Rect(0, 0, w, h)
         self.crop_view.set_crop(side.centered_on(centre.x + centre.width / 2, centre.y + centre.height / 2))
 
     def _crop_moved(self, rect: Rect) -> None:
         self.crop_label.setText(f"Frame: {rect.width} × {rect.height} px at {rect.x}, {rect.y}")
+        self._want_estimate()
         self._preview_after = None
         self.split_view.set_after(None)
         self._show_before()
@@ -529,6 +555,7 @@ class RestoreDialog(QDialog):
         self.models, self.models_loaded = models, True
         selected, self._select_after_load = self._select_after_load, None
         self._fill_models(selected or self.controls.model_combo.currentData())
+        self._want_estimate()
         self._maybe_press()
 
     def _fill_models(self, selected: str | None) -> None:
@@ -597,6 +624,65 @@ class RestoreDialog(QDialog):
         self.banner.show_message(explain(exc))
         self._fill_models(self.controls.model_combo.currentData())
 
+    # =================================================================== estimates
+    def _want_estimate(self) -> None:
+        if self.connected and self.models_loaded and not self._ending:
+            self.estimate_timer.start()
+
+    def estimate(self) -> None:
+        """Ask the backend how long Preview (the frame) and Apply (the whole image) will take."""
+        if self._estimate_call is not None:
+            self._estimate_again = True
+            return
+        try:
+            request = self.request()
+        except ParamsError:
+            self.estimate_label.setText("")
+            return
+        rect = self.crop_view.crop
+        h, w = self.pixels.shape[:2]
+        framed = {**request.params, "frame": [rect.x, rect.y, w, h]}
+        probe, model = self.probe, request.model
+
+        def ask(_: Call) -> tuple[Estimate, Estimate]:
+            return (
+                probe.estimate(rect.width, rect.height, framed, model),
+                probe.estimate(w, h, request.params, model),
+            )
+
+        self._estimate_call = self.workers.call(ask, self._estimated, self._estimate_failed)
+
+    def _estimated(self, pair: tuple[Estimate, Estimate]) -> None:
+        self._estimate_call = None
+        self.estimates = pair
+        preview, whole = pair
+        if preview.seconds is None or whole.seconds is None:
+            self.estimate_label.setText(
+                "Times are shown once this model has run on the backend (the first Preview measures it)."
+            )
+        else:
+            loading = ", plus loading the model" if self._cold() else ""
+            self.estimate_label.setText(
+                f"Expected: Preview {format_duration(preview.seconds)}, "
+                f"Apply {format_duration(whole.seconds)} (measured on the backend's computer{loading})."
+            )
+        if self._estimate_again:
+            self._estimate_again = False
+            self.estimate()
+
+    def _estimate_failed(self, exc: BaseException) -> None:
+        self._estimate_call = None
+        self.estimate_label.setText("")  # a setting the backend refuses: the run itself says why
+        if self._estimate_again:
+            self._estimate_again = False
+            self.estimate()
+
+    def _cold(self) -> bool:
+        """The chosen model is not loaded on the backend yet (its first run also loads it)."""
+        chosen = self.controls.model_combo.currentData()
+        loaded = self.health.loaded_model if self.health is not None else None
+        return loaded is None or (chosen is not None and chosen != loaded)
+
     # =================================================================== runs
     def _prepared_request(self, preview: bool = False) -> Request | None:
         """The request for a run. Only a Preview may draw a new seed (when asked to): Apply keeps the
@@ -624,7 +710,10 @@ class RestoreDialog(QDialog):
             mask = Upload(
                 f"mask {key}", to_raw(crop(self.mask_pixels, rect)), self._uploads.get(f"mask {key}")
             )
-        self._start_run("preview", JobSpec(image, mask, request.params, request.model))
+        h, w = self.pixels.shape[:2]
+        # Processed as Apply processes the whole image, with the whole run's noise in this place.
+        params = {**request.params, "frame": [rect.x, rect.y, w, h]}
+        self._start_run("preview", JobSpec(image, mask, params, request.model))
 
     def apply(self) -> None:
         """Run the whole image; once the result is delivered the dialog closes as Accepted."""
@@ -707,6 +796,7 @@ class RestoreDialog(QDialog):
 
     def _run_finished(self, job: JobInfo, result: RawImage) -> None:
         kind = self._run_kind
+        self._want_estimate()  # one more measured run
         seconds = time.monotonic() - self._run_started
         self.last_job = job
         self._end_run()
@@ -899,6 +989,7 @@ class RestoreDialog(QDialog):
             self.health_timer.stop()
             self.start_timer.stop()
             self.host_timer.stop()
+            self.estimate_timer.stop()
             self._save()
             self.workers.stop_all()
             scratch = self.source.scratch

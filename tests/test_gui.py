@@ -324,18 +324,19 @@ def test_preview_runs_the_crop_and_shows_before_and_after(
     c = dialog.controls
     dialog.resize(1100, 760)
     c.advanced.set_open(True)
-    # The crop starts on the selection (rows 36–107, columns 96–171) and follows a drag.
-    assert dialog.crop_view.crop == Rect(86, 24, 96, 96)
+    # The frame is at most half of each side of a small image (a Preview costs a quarter of Apply),
+    # starts on the selection (rows 36–107, columns 96–171) and follows a drag.
+    assert dialog.crop_view.crop == Rect(86, 36, 96, 72)
     before = dialog.crop_view.crop_on_screen().center().toPoint()
     qtbot.mousePress(dialog.crop_view, Qt.MouseButton.LeftButton, pos=before)
     qtbot.mouseMove(dialog.crop_view, before - QPoint(400, 400))
     qtbot.mouseRelease(dialog.crop_view, Qt.MouseButton.LeftButton, pos=before - QPoint(400, 400))
-    assert dialog.crop_view.crop == Rect(0, 0, 96, 96)  # dragged past the corner, kept inside
+    assert dialog.crop_view.crop == Rect(0, 0, 96, 72)  # dragged past the corner, kept inside
     qtbot.keyClick(dialog.crop_view, Qt.Key.Key_Right)
     for _ in range(5):
         qtbot.keyClick(dialog.crop_view, Qt.Key.Key_Down)
-    assert dialog.crop_view.crop == Rect(8, 40, 96, 96)  # over the house
-    assert dialog.crop_label.text() == "Frame: 96 × 96 px at 8, 40"
+    assert dialog.crop_view.crop == Rect(8, 40, 96, 72)  # over the house
+    assert dialog.crop_label.text() == "Frame: 96 × 72 px at 8, 40"
     assert dialog.split_view.before.width() == 192 and dialog.split_view.after.isNull()
 
     qtbot.mouseClick(dialog.preview_button, Qt.MouseButton.LeftButton)
@@ -343,11 +344,12 @@ def test_preview_runs_the_crop_and_shows_before_and_after(
     qtbot.waitUntil(lambda: not dialog.running, timeout=60000)
     assert dialog.banner.message == ""
     after = dialog.split_view.after
-    assert (after.width(), after.height()) == (192, 192)
+    assert (after.width(), after.height()) == (192, 144)
     assert dialog.progress_label.text().startswith("Preview done")
     job = server.client().job(dialog.job_id or "")
     assert job.state == "succeeded" and job.params["seed"] == c.seed.value()
-    assert job.params == dialog.request().params  # the same request Apply sends
+    # The same request Apply sends, framed: processed as the whole image is, with its noise there.
+    assert job.params == {**dialog.request().params, "frame": [8, 40, 192, 144]}
     assert "image" not in dialog.uploads  # previews send only the crop
     assert dialog.apply_button.isEnabled() and c.isEnabled()
     dialog.split_view.set_split(0.45)
@@ -358,6 +360,42 @@ def test_preview_runs_the_crop_and_shows_before_and_after(
     assert dialog.split_view.labels == ("Before", "After (earlier settings)")
     qtbot.keyClick(dialog.crop_view, Qt.Key.Key_Left)
     assert dialog.split_view.after.isNull()
+
+
+def test_apply_keeps_the_previews_seed_and_repeats_its_details(
+    qtbot: Any, server: ServerProcess, tmp_path: Path
+) -> None:
+    """By default Apply runs with the seed the preview showed, and the framed preview had the whole
+    run's scale and noise: the applied crop is far closer to the approved preview than another seed's."""
+    job_file = make_job(tmp_path / "job", server.url, mask=False, size=(96, 128))
+    dialog = open_dialog(qtbot, job_file, crop=64)
+    c = dialog.controls
+    assert not c.seed_new.isChecked()  # the default: the seed stays
+    seed = c.seed.value()
+    frame = dialog.crop_view.crop
+    assert (frame.width, frame.height) == (64, 48)  # half of each side of this small image
+    qtbot.mouseClick(dialog.preview_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not dialog.running, timeout=60000)
+    assert c.seed.value() == seed
+    client = server.client()
+    preview_id = dialog.job_id or ""
+    preview = np.frombuffer(client.result_image(preview_id).data, np.uint8).reshape(96, 128, 3)
+    crop_id = dialog.uploads[f"crop {frame.x},{frame.y},{frame.width},{frame.height}"]
+    qtbot.waitUntil(lambda: dialog.estimate_label.text().startswith("Expected: Preview"), timeout=30000)
+    assert dialog.estimates is not None
+    assert dialog.estimates[1].seconds > dialog.estimates[0].seconds > 0  # Apply: the whole image
+    with qtbot.waitSignal(dialog.finished, timeout=120000):
+        qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
+    job = DialogJob.read(job_file)
+    applied = np.frombuffer(read_npy(job.result).data, np.uint8).reshape(192, 256, 3)
+    assert DialogAnswer.read(job.answer).job["seed"] == seed
+    part = applied[2 * frame.y : 2 * (frame.y + frame.height), 2 * frame.x : 2 * (frame.x + frame.width)]
+    other_job = client.submit(crop_id, {**client.job(preview_id).params, "seed": seed + 1})
+    other = np.frombuffer(client.result_image(client.wait(other_job.id).id).data, np.uint8).reshape(
+        96, 128, 3
+    )
+    near = np.abs(preview.astype(float) - part).mean()
+    assert near < 0.75 * np.abs(other.astype(float) - part).mean()
 
 
 # --------------------------------------------------------------------------- the run
