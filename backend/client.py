@@ -65,10 +65,23 @@ class ServerStartError(ClientError):
 class ApiError(ClientError):
     """The server answered with an error status; ``detail`` is its plain-words explanation."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, code: str | None = None) -> None:
         super().__init__(f"{detail} (HTTP {status})")
         self.status = status
         self.detail = detail
+        self.code = code  # what a GUI can name in its own words: "unknown-model", "no-model"
+
+
+def gui_words(exc: ApiError, install: str = "Install… in the dialog") -> str:
+    """An error answer as a GUI user should read it: no status number, no command-line flags."""
+    if exc.code == "unknown-model":
+        return (
+            "The chosen model is not installed on the backend (any more). Choose another, or install it "
+            f"with {install}."
+        )
+    if exc.code == "no-model":
+        return f"No model for this task is installed on the backend yet. Use {install} to download one."
+    return exc.detail
 
 
 class AuthError(ApiError):
@@ -412,11 +425,14 @@ class Client:
             conn.close()
         result = _Response(response.status, {k.lower(): v for k, v in response.getheaders()}, payload)
         if result.status >= 400:
+            code = None
             try:
-                detail = str(result.json()["detail"])
-            except (ValueError, KeyError, TypeError):
+                answer = result.json()
+                detail = str(answer["detail"])
+                code = str(answer["code"]) if answer.get("code") else None
+            except (ValueError, KeyError, TypeError, AttributeError):
                 detail = bytes(payload[:300]).decode("utf-8", "replace") or response.reason
-            raise _STATUS_ERRORS.get(result.status, ApiError)(result.status, detail)
+            raise _STATUS_ERRORS.get(result.status, ApiError)(result.status, detail, code)
         return result
 
     def _json(self, method: str, path: str, data: Any = None) -> Any:

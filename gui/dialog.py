@@ -56,6 +56,7 @@ from backend.client import (
     Undelivered,
     ensure_server,
     format_duration,
+    gui_words,
     is_loopback,
     process_alive,
     progress_text,
@@ -128,6 +129,8 @@ def explain(exc: BaseException) -> str:
         return f"The run failed: {exc}"
     if isinstance(exc, AuthError):
         return f"The backend refused the access token: {exc.detail}"
+    if isinstance(exc, ApiError):  # GUI words, never a status number or a command-line flag
+        return gui_words(exc)
     if isinstance(exc, (ClientError, ParamsError)):
         return str(exc)
     if isinstance(exc, OSError):

@@ -573,7 +573,8 @@ def test_backend_errors_show_in_plain_words(qtbot: Any, server: ServerProcess, t
     qtbot.mouseClick(dialog.preview_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not dialog.running, timeout=30000)
     message = dialog.banner.message
-    assert "no-such-model" in message and "Traceback" not in message
+    assert "chosen model is not installed" in message and "Install…" in message and "Traceback" not in message
+    assert not any(words in message for words in ("HTTP", "python -m", "POST", "--"))
     assert dialog.isVisible() and dialog.apply_button.isEnabled()
 
 

@@ -29,6 +29,7 @@ from backend.client import (
     RawImage,
     ServerUnreachable,
     ensure_server,
+    gui_words,
 )
 
 from .service_server import ROOT, ServerProcess, wait_for
@@ -676,7 +677,9 @@ def test_estimates_come_from_this_machines_finished_runs(
         with pytest.raises(ApiError, match="does not fit") as bad:
             client.estimate(56, 40, {**FAST, "frame": [30, 0, 64, 40]})
         assert bad.value.status == 422
-        with pytest.raises(ApiError, match="Unknown model"):
+        with pytest.raises(ApiError, match="Unknown model") as unknown:
             client.estimate(56, 40, FAST, model="no-such-model")
+        assert unknown.value.code == "unknown-model"  # a GUI words it itself (client.gui_words)
+        assert "HTTP" not in gui_words(unknown.value) and "POST" not in gui_words(unknown.value)
     with ServerProcess(tiny_models["full"].parent, tmp_path) as restarted:
         assert restarted.client().estimate(56, 40, FAST).runs == 1

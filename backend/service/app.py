@@ -75,11 +75,14 @@ class PixelFileResponse(FileResponse):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, code: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers
+        self.code = code
 
 
 @dataclass
@@ -139,12 +142,15 @@ def create_app(config: ServerConfig, log_file: Path | None = None, engine: Engin
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    def problem(
+        status: int, detail: str, headers: dict[str, str] | None = None, code: str | None = None
+    ) -> JSONResponse:
+        body = {"detail": detail} if code is None else {"detail": detail, "code": code}
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return problem(exc.status, exc.detail, exc.headers)
+        return problem(exc.status, exc.detail, exc.headers, exc.code)
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
@@ -551,11 +557,15 @@ def _check_model(s: Services, model: str | None, task: str) -> None:
             hint = (
                 f" Download it with POST /{API_VERSION}/models/{model}/download." if model in REGISTRY else ""
             )
-            raise ApiError(404, f"Unknown model {model!r}; installed: {', '.join(names) or 'none'}.{hint}")
+            raise ApiError(
+                404,
+                f"Unknown model {model!r}; installed: {', '.join(names) or 'none'}.{hint}",
+                code="unknown-model",
+            )
     try:
         s.engine.find_model(model, task)
     except ModelLoadError as exc:
-        raise ApiError(422, str(exc)) from None
+        raise ApiError(422, str(exc), code="no-model" if model is None else None) from None
 
 
 def _check_prescaler(s: Services, params: RestoreParams) -> RestoreParams:

@@ -37,6 +37,10 @@ class Problem(BaseModel):
     """Every 4xx and 5xx answer: ``detail`` says in plain words what was wrong."""
 
     detail: str
+    code: str | None = Field(
+        None,
+        description="for some answers, a name a GUI can put in its own words: unknown-model, no-model",
+    )
 
 
 class MemoryInfo(BaseModel):

@@ -305,6 +305,8 @@ class Runner:
             raise core.PluginError(f"The backend could not {self.task} the image: {exc}") from exc
         except client.JobCanceled as exc:
             raise core.PluginError(f"The {self.task} job was canceled: {exc}") from exc
+        except client.ApiError as exc:
+            raise core.PluginError(client.gui_words(exc, "Install… in the plug-in's dialog")) from exc
         except client.ClientError as exc:
             raise core.PluginError(str(exc)) from exc
 
