@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QGuiApplication, QImage, QPalette, QWindow
+from PySide6.QtCore import QByteArray, QSize, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QCloseEvent, QDesktopServices, QGuiApplication, QImage, QPalette, QWindow
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -142,7 +142,7 @@ def explain(exc: BaseException) -> str:
 
 
 LARGE_DOWNLOAD = 1 << 30  # bytes; Install… asks before downloading more
-MANUAL_DOWNLOAD = "README, section Models (download the files elsewhere and copy them in)"
+README = Path(__file__).resolve().parents[1] / "README.md"  # its section Models: installing by hand
 
 
 def first_line(text: str | None) -> str:
@@ -614,12 +614,21 @@ class RestoreDialog(QDialog):
             self._select_after_load = status.model
             self.load_models()
         else:
+            self._fill_models(self.controls.model_combo.currentData())  # first: this message is the news
+            reason = first_line(status.error).rstrip(".")
             self.banner.show_message(
-                f"The download of {status.model} failed: {first_line(status.error)} Manual "
-                f"instructions: {MANUAL_DOWNLOAD}."
+                f"The download of {status.model} failed ({reason}).",
+                actions=[("&Manual instructions", self.open_manual)],
             )
             self.banner.setToolTip(status.error or "")
-            self._fill_models(self.controls.model_combo.currentData())
+
+    def open_manual(self) -> None:
+        """README's instructions for putting the model files in by hand (downloaded elsewhere)."""
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(README))):
+            self.banner.show_message(
+                f"Could not open {README}; its section Models says how to copy the files in by hand.",
+                error=False,
+            )
 
     def _download_failed(self, exc: BaseException) -> None:
         self._download = None

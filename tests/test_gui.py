@@ -565,6 +565,51 @@ def test_install_downloads_a_model_and_shows_its_progress(qtbot: Any, tmp_path: 
         assert "pasd" not in {action.data() for action in c.install_menu.actions()}
 
 
+def test_an_offline_install_fails_in_one_sentence_with_the_manual_way(qtbot: Any, tmp_path: Path) -> None:
+    from PySide6.QtCore import QObject, Slot
+    from PySide6.QtGui import QDesktopServices
+
+    class Opened(QObject):
+        def __init__(self) -> None:
+            super().__init__()
+            self.urls: list[str] = []
+
+        @Slot("QUrl")
+        def open(self, url: Any) -> None:
+            self.urls.append(url.toLocalFile())
+
+    models = tmp_path / "models"
+    models.mkdir()
+    offline = {"HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"),
+               "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # fmt: skip
+    with ServerProcess(models, tmp_path, env=offline) as running:
+        dialog = open_dialog(qtbot, make_job(tmp_path / "job", running.url, mask=False))
+        c = dialog.controls
+        offered = {action.data(): action for action in c.install_menu.actions()}
+
+        def yes() -> None:
+            box = QApplication.activeModalWidget()
+            assert isinstance(box, QMessageBox), box
+            box.button(QMessageBox.StandardButton.Yes).click()
+
+        QTimer.singleShot(200, yes)
+        offered["pasd-light"].trigger()
+        qtbot.waitUntil(lambda: dialog._download is None, timeout=120000)
+        text = dialog.banner.text.text()
+        assert "cannot be reached" in text and "Errno" not in text
+        assert text.startswith("The download of pasd-light failed (") and "\n" not in text and len(text) < 260
+        assert dialog.banner.details.text() == "" and "Traceback" not in dialog.banner.message
+        manual = next(b for b in dialog.banner.buttons if "Manual" in b.text())
+        opened = Opened()
+        QDesktopServices.setUrlHandler("file", opened, "open")
+        try:
+            qtbot.mouseClick(manual, Qt.MouseButton.LeftButton)
+        finally:
+            QDesktopServices.unsetUrlHandler("file")
+        assert opened.urls == [str(ROOT / "README.md")]
+        assert "## Models" in (ROOT / "README.md").read_text()
+
+
 def test_backend_errors_show_in_plain_words(qtbot: Any, server: ServerProcess, tmp_path: Path) -> None:
     dialog = open_dialog(qtbot, make_job(tmp_path / "job", server.url, mask=False))
     c = dialog.controls

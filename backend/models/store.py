@@ -180,9 +180,30 @@ def _adopt_earlier_layout(spec: ModelSpec, target: Path) -> None:
 def _could_not(spec: ModelSpec, target: Path, exc: Exception) -> ModelDownloadError:
     """Offline, hub error, disk full…: one clear message with what to fetch by hand."""
     reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if _is_offline(exc):
+        reason = "the Hugging Face hub cannot be reached; is this computer offline?"
     return ModelDownloadError(
         f"Could not download '{spec.id}' ({reason}).\n{manual_instructions(spec, target)}"
     )
+
+
+# Error types of httpx, requests and huggingface_hub that mean "no connection could be made".
+OFFLINE_ERRORS = ("ConnectError", "ConnectionError", "ConnectTimeout", "OfflineModeIsEnabled")
+
+
+def _is_offline(exc: BaseException) -> bool:
+    """A connection that could not be made at all (no network, no route, no name), however wrapped."""
+    import socket
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        if isinstance(current, (ConnectionRefusedError, socket.gaierror)) or name in OFFLINE_ERRORS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _plan_all(specs: list[ModelSpec], root: Path) -> dict[str, list[str]]:
