@@ -508,3 +508,102 @@ def test_closing_the_image_stops_the_real_dialog_and_its_backend_job(
     assert closed_at and time.monotonic() - closed_at[0] < 15
     assert watcher.job(seen[0]).state == "canceled"
     assert not Path(job.answer).exists() and not Path(job.result).exists()
+
+
+# A stand-in for `python -m gui --job FILE` inside GIMP's root (no Qt there): it keeps the dialog's
+# side of the contract (run the job on the backend, write result.npy then answer.json, exit 0) and
+# records what the plug-in handed it. With the mode "die", GIMP loses the plug-in right after the
+# result is written, as when its Cancel comes a moment too late; with "adopt", it takes the
+# undelivered result offered, as the dialog's "Add that result" does.
+STAND_IN = """
+import json, os, shutil, signal, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gdu_client as client
+job = client.DialogJob.read(sys.argv[sys.argv.index('--job') + 1])
+here = os.path.dirname(os.path.abspath(__file__))
+mode = open(os.path.join(here, 'mode')).read().strip()
+with open(os.path.join(here, 'seen-' + mode + '.json'), 'w') as fh:
+    json.dump({'about': job.about, 'key': job.key, 'undelivered': job.undelivered, 'stop': job.stop,
+               'folder': os.path.dirname(job.image), 'title': job.title}, fh)
+if mode == 'adopt':
+    kept = client.Undelivered.read(job.undelivered)
+    client.write_npy(job.result, client.read_npy(kept.result))
+    answer = client.DialogAnswer.read(kept.answer)
+    answer.job = dict(answer.job, undelivered=job.key)
+    answer.write(job.answer)
+    sys.exit(client.DIALOG_EXIT_APPLIED)
+c = client.Client(job.server, token=job.token)
+params = dict(job.settings['params'])
+info, result = c.run(client.read_npy(job.image), params)
+client.write_npy(job.result, result)
+client.DialogAnswer(params, {'output': 'layer', 'color_mode': 'lch-color', 'model': None},
+                    dict(info.result, id=info.id)).write(job.answer)
+if mode == 'die':
+    os.kill(job.host_pid, signal.SIGKILL)
+sys.exit(client.DIALOG_EXIT_APPLIED)
+"""
+
+
+def test_an_interactive_run_in_gimp_keeps_a_result_the_plugin_lost_and_offers_it_again(
+    gimp: Gimp, backend: ServerProcess
+) -> None:
+    """Real GIMP, the plug-in's interactive path: its run folder, the sweep of a killed run, the
+    undelivered result found again for the same pixels, and added as a layer once accepted."""
+    import shutil
+
+    work = gimp.workdir()
+    try:
+        stand_in = work / "stand-in"
+        stand_in.mkdir()
+        (stand_in / "stand_in.py").write_text(STAND_IN)
+        shutil.copyfile(core.client.__file__, stand_in / "gdu_client.py")
+        launcher = stand_in / "python"  # what the installer's JSON names as the backend's Python
+        launcher.write_text(
+            f'#!/bin/sh\nexec /usr/bin/python3 {gimp.inside(stand_in / "stand_in.py")} "$@"\n'
+        )
+        launcher.chmod(0o755)
+        config = {"url": backend.url, "python": gimp.inside(launcher)}
+        body = f"""
+        import os
+        plugin_dir = os.path.join(os.environ['HOME'], 'plug-ins', 'diffusion_upscale')
+        with open(os.path.join(plugin_dir, 'diffusion_upscale.json'), 'w') as fh:
+            fh.write({json.dumps(json.dumps(config))})
+        img, layer, fmt = make_image(48, 32, P.U8_NON_LINEAR)
+        layer.set_name('Background')
+        def interactive(mode):
+            with open({gimp.inside(stand_in / "mode")!r}, 'w') as fh:
+                fh.write(mode)
+            proc = Gimp.get_pdb().lookup_procedure('plug-in-diffusion-upscale')
+            config = proc.create_config()
+            config.set_property('run-mode', Gimp.RunMode.INTERACTIVE)
+            config.set_property('image', img)
+            config.set_core_object_array('drawables', [layer])
+            for key, value in dict(scale=2, steps=2, process_size=256, seed=5).items():
+                config.set_property(key.replace('_', '-'), value)
+            return proc.run(config).index(0).value_nick
+        died = interactive('die')
+        after_death = describe(img)
+        adopted = interactive('adopt')
+        save({{'died': died, 'after_death': after_death, 'adopted': adopted, 'image': describe(img)}})
+        """
+        data = gimp.run_script(HELPERS + textwrap.dedent(body), work, {core.URL_VARIABLE: backend.url})
+        output = data["_output"][-3000:]
+        assert data["died"] != "success" and len(data["after_death"]["layers"]) == 1, output
+        died = json.loads((stand_in / "seen-die.json").read_text())
+        adopt = json.loads((stand_in / "seen-adopt.json").read_text())
+        assert died["about"] == "“[Untitled]”, layer “Background”: the whole layer, 48 × 32 px", died
+        assert died["undelivered"] is None and died["key"] == adopt["key"]  # the same pixels: the same key
+        assert adopt["undelivered"] is not None and adopt["undelivered"].endswith(adopt["key"])
+        assert data["adopted"] == "success", output
+        layers = data["image"]["layers"]
+        assert data["image"]["size"] == [96, 64] and [layer["name"] for layer in layers] == [
+            "Diffusion upscale ×2 (seed 5)",
+            "Background",
+        ]
+        handoff = work / ".local" / "share" / "gimp-diffusion-upscale" / "dialog"
+        assert (
+            list((handoff / "runs").iterdir()) == []
+        )  # the killed run's folder was swept, the new one removed
+        assert list((handoff / "undelivered").iterdir()) == []  # applied: the kept copy is gone
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
