@@ -890,30 +890,27 @@ def health_proof(key: bytes, challenge: str) -> str:
     return hmac.new(key, b"gdu-health-v1:" + challenge.lower().encode(), hashlib.sha256).hexdigest()
 
 
-def default_config_dir() -> Path:
-    """The per-user config folder, computed as ``backend.paths.config_dir`` (platformdirs) does."""
-    override = os.environ.get("GDU_CONFIG_DIR")
-    if override:
-        return Path(override).expanduser()
+def _user_dir(override: str, xdg: str, fallback: str) -> Path:
+    """A per-user folder where platformdirs puts it (``backend.paths``), without platformdirs."""
+    value = os.environ.get(override)
+    if value:
+        return Path(value).expanduser()
     if sys.platform == "win32":
         return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / APP_NAME
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support" / APP_NAME
-    base = os.environ.get("XDG_CONFIG_HOME", "").strip()  # a relative one is ignored, as platformdirs does
-    return Path(base) / APP_NAME if os.path.isabs(base) else Path.home() / ".config" / APP_NAME
+    base = os.environ.get(xdg, "").strip()  # a relative one is ignored, as platformdirs does
+    return Path(base) / APP_NAME if os.path.isabs(base) else Path.home() / fallback / APP_NAME
+
+
+def default_config_dir() -> Path:
+    """The per-user config folder, as ``backend.paths.config_dir`` computes it."""
+    return _user_dir("GDU_CONFIG_DIR", "XDG_CONFIG_HOME", ".config")
 
 
 def default_data_dir() -> Path:
-    """The per-user data folder, computed as ``backend.paths.data_dir`` (platformdirs) does."""
-    override = os.environ.get("GDU_DATA_DIR")
-    if override:
-        return Path(override).expanduser()
-    if sys.platform == "win32":
-        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / APP_NAME
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / APP_NAME
-    base = os.environ.get("XDG_DATA_HOME", "").strip()
-    return Path(base) / APP_NAME if os.path.isabs(base) else Path.home() / ".local" / "share" / APP_NAME
+    """The per-user data folder, as ``backend.paths.data_dir`` computes it."""
+    return _user_dir("GDU_DATA_DIR", "XDG_DATA_HOME", ".local/share")
 
 
 def default_secret_file() -> Path:

@@ -115,6 +115,13 @@ def open_dialog(qtbot: Any, job_file: Path, connected: bool = True, crop: int = 
     return dialog
 
 
+def press_apply(qtbot: Any, dialog: RestoreDialog, url: str) -> tuple[Client, str]:
+    """Click Apply and wait until the backend has the job: a client to watch it, and its id."""
+    qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
+    return Client(url), dialog.job_id or ""
+
+
 def items(combo: QComboBox) -> list[Any]:
     return [combo.itemData(i) for i in range(combo.count())]
 
@@ -230,6 +237,7 @@ def test_request_carries_every_parameter(qtbot: Any, server: ServerProcess, tmp_
         "tile_overlap": 0.25,
         "vae_tile": None,
         "prescaler": None,
+        "frame": None,  # Apply: the whole image (previews send their frame)
     }
     assert request.options == {"output": "image", "color_mode": "lch-color", "model": "tiny-light"}
     assert RestoreParams.from_dict(request.params).to_dict() == request.params  # the backend takes it as is
@@ -439,10 +447,7 @@ def test_cancel_stops_the_backend_job_and_leaves_nothing(
     c = dialog.controls
     c.steps.setValue(200)  # long enough to be caught running
     c.process_size.setValue(512)
-    watcher = Client(server.url)
-    qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
-    job_id = dialog.job_id or ""
+    watcher, job_id = press_apply(qtbot, dialog, server.url)
     qtbot.waitUntil(lambda: watcher.job(job_id).progress.stage == "denoise", timeout=60000)
     assert dialog.cancel_button.text() == "&Stop"
     qtbot.mouseClick(dialog.cancel_button, Qt.MouseButton.LeftButton)  # stops the run, keeps the dialog
@@ -473,10 +478,7 @@ def test_when_the_plugin_ends_the_dialog_stops_its_job_and_closes(
             stop=str(tmp_path / "job" / "stop"),
         )
         dialog = open_dialog(qtbot, job_file)
-        watcher = Client(server.url)
-        qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
-        qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
-        job_id = dialog.job_id or ""
+        watcher, job_id = press_apply(qtbot, dialog, server.url)
         started = time.monotonic()
         with qtbot.waitSignal(dialog.finished, timeout=30000) as finished:
             host.kill()
@@ -511,10 +513,7 @@ def test_closing_the_window_during_a_run_cancels_it(
         tmp_path / "job", server.url, settings={"params": {"steps": 200, "process_size": 512}}
     )
     dialog = open_dialog(qtbot, job_file)
-    watcher = Client(server.url)
-    qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
-    job_id = dialog.job_id or ""
+    watcher, job_id = press_apply(qtbot, dialog, server.url)
     with qtbot.waitSignal(dialog.finished, timeout=30000) as finished:
         dialog.close()  # the window's close button: stop the job first, then close
     assert finished.args == [QDialog.DialogCode.Rejected]
@@ -773,10 +772,7 @@ def test_a_stop_from_the_host_cancels_the_run_and_closes(
         host_pid=os.getpid(), stop=str(tmp_path / "job" / "stop"),
     )  # fmt: skip
     dialog = open_dialog(qtbot, job_file)
-    watcher = Client(server.url)
-    qtbot.mouseClick(dialog.apply_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: dialog.job_id is not None, timeout=30000)
-    job_id = dialog.job_id or ""
+    watcher, job_id = press_apply(qtbot, dialog, server.url)
     with qtbot.waitSignal(dialog.finished, timeout=30000) as finished:
         (tmp_path / "job" / "stop").write_text("the image was closed in GIMP")
     assert (

@@ -528,18 +528,20 @@ def test_the_client_finds_the_secret_where_the_server_makes_it(
 ) -> None:
     """The plug-in's client (standard library only) computes the config folder as platformdirs does."""
     from backend import paths
-    from backend.client import SECRET_FILE, default_config_dir, default_secret_file
+    from backend.client import SECRET_FILE, default_config_dir, default_data_dir, default_secret_file
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("GDU_CONFIG_DIR", "XDG_CONFIG_HOME", "GDU_SECRET_FILE"):
+    for name in ("GDU_CONFIG_DIR", "XDG_CONFIG_HOME", "GDU_SECRET_FILE", "GDU_DATA_DIR", "XDG_DATA_HOME"):
         monkeypatch.delenv(name, raising=False)
     cases = [{}, {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, {"XDG_CONFIG_HOME": "relative/ignored"}]
-    cases.append({"GDU_CONFIG_DIR": str(tmp_path / "over")})
+    cases.append({"GDU_CONFIG_DIR": str(tmp_path / "over"), "GDU_DATA_DIR": str(tmp_path / "data")})
+    cases += [{"XDG_DATA_HOME": str(tmp_path / "xdg-data")}, {"XDG_DATA_HOME": "relative/ignored"}]
     for case in cases:
         with monkeypatch.context() as m:
             for name, value in case.items():
                 m.setenv(name, value)
             assert default_config_dir() == paths.config_dir(), case
+            assert default_data_dir() == paths.data_dir(), case  # where the dialog's hand-off folders live
             assert default_secret_file() == paths.config_dir() / SECRET_FILE
     monkeypatch.setenv("GDU_SECRET_FILE", str(tmp_path / "elsewhere"))
     assert default_secret_file() == tmp_path / "elsewhere"
