@@ -312,11 +312,12 @@ class Engine:
                 empty_cache(self.choice.device)
                 where = "the GPU" if self.choice.is_accelerator else "memory"
                 smaller = max(64, plan.tile // 2 // 64 * 64)
+                smaller_vae = max(64, plan.vae_tile // 2 // 64 * 64)
                 raise OutOfMemory(
                     f"Ran out of memory on {self.choice.name} while in stage '{stage[0]}' with "
                     f"{plan.tile}px diffusion tiles and {plan.vae_tile}px VAE tiles. Try smaller tiles "
-                    f"(for example --tile {smaller} --vae-tile {max(64, plan.vae_tile // 2 // 64 * 64)}), "
-                    f"close other programs that use {where}, or use a smaller scale."
+                    f"(for example {smaller}px diffusion tiles and {smaller_vae}px VAE tiles), close other "
+                    f"programs that use {where}, or use a smaller scale."
                 ) from exc
             raise
         report("done", 1, 1)

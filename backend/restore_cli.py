@@ -71,7 +71,7 @@ def add_restore_parsers(sub: argparse._SubParsersAction) -> None:
 
 def run_restore(args: argparse.Namespace) -> int:
     from .devices import DeviceError
-    from .engine import Canceled, Engine, EngineError
+    from .engine import Canceled, Engine, EngineError, OutOfMemory
     from .image_io import ImageInputError, read_image, read_mask
     from .pipelines.params import ParamsError, RestoreParams
 
@@ -127,6 +127,8 @@ def run_restore(args: argparse.Namespace) -> int:
         return 130
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, OutOfMemory):  # the engine's words are for every front end; these are ours
+            print("(tile sizes: --tile and --vae-tile)", file=sys.stderr)
         return 1
     finally:
         if bar is not None:

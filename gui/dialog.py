@@ -131,6 +131,8 @@ def explain(exc: BaseException) -> str:
         return f"The backend refused the access token: {exc.detail}"
     if isinstance(exc, ApiError):  # GUI words, never a status number or a command-line flag
         return gui_words(exc)
+    if isinstance(exc, ServerUnreachable):
+        return "The backend stopped answering. Start backend (above) starts it again."
     if isinstance(exc, (ClientError, ParamsError)):
         return str(exc)
     if isinstance(exc, OSError):
