@@ -86,3 +86,45 @@ def test_registry_sizes_match_parameter_counts(meta_models) -> None:
     assert REGISTRY["pasd-light-rrdb"].size_bytes == 4 * (
         count(meta_models["light"]) + count(meta_models["controlnet_rrdb"])
     )
+
+
+# --------------------------------------------------------------------------- PASD-SDXL
+SDXL_REFERENCE_INVENTORY = json.loads((FIXTURES / "reference" / "sdxl_inventory.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sdxl_meta_models():
+    from backend.models.sdxl import SDXL_UNET_CONFIG, pasd_sdxl_controlnet_config, pasd_sdxl_unet_config
+
+    with torch.device("meta"):
+        base = UNet2DConditionModel(**{k: v for k, v in SDXL_UNET_CONFIG.items() if not k.startswith("_")})
+        return {
+            "base": base,
+            # The released configs carry use_sd3_vae: false; building from them ignores it.
+            "unet_full": PasdUNet2DConditionModel.from_config(pasd_sdxl_unet_config(), pasd_variant="full"),
+            "controlnet": PasdControlNetModel.from_config(pasd_sdxl_controlnet_config()),
+        }
+
+
+@pytest.mark.parametrize("name", ["unet_full", "controlnet"])
+def test_pasd_sdxl_inventory_equals_reference(sdxl_meta_models, name: str) -> None:
+    """The reference PASD classes with SDXL's config, at full width: every key and shape, no more."""
+    assert inventory(sdxl_meta_models[name]) == SDXL_REFERENCE_INVENTORY[name]
+
+
+def test_pasd_sdxl_pixel_attention_follows_the_transformer_depths(sdxl_meta_models) -> None:
+    """[1, 2, 10] transformer layers per block, reversed on the way up: 10-layer pixel attention at the
+    lowest resolution, and pixel attention at every layer of every up block, the plain UpBlock2D too."""
+    added = extra(sdxl_meta_models["unet_full"], sdxl_meta_models["base"])
+    assert all(".pixel_attentions." in k for k in added)
+    depth = {
+        block: 1
+        + max(
+            int(k.split(".")[5])
+            for k in added
+            if k.startswith(f"up_blocks.{block}.pixel_attentions.0.transformer_blocks.")
+        )
+        for block in (0, 1, 2)
+    }
+    assert depth == {0: 10, 1: 2, 2: 1}
+    assert {k.split(".")[3] for k in added} == {"0", "1", "2"}  # three layers per up block

@@ -40,6 +40,12 @@ The whole-pipeline fixtures of ``tests/test_pipeline_parity.py`` are made the sa
            --pasd-repo ~/src/PASD [--pasd-commit SHA]
 
 See :func:`record_pipeline` for the shims that step applies and why.
+
+The PASD-SDXL key and shape inventory (full width, meta device; ``tests/test_inventory.py``) comes from
+the reference environment alone::
+
+    python tools/make_reference_fixtures.py record-sdxl-inventory tests/fixtures/reference \
+        --pasd-repo ~/src/PASD
 """
 
 from __future__ import annotations
@@ -207,6 +213,44 @@ def record_inventories(out: Path) -> None:
             inventories[f"controlnet{'_rrdb' if rrdb else ''}"] = _inventory(cn_cls(**cn_cfg))
     (out / "sd15_inventory.json").write_text(json.dumps(inventories, indent=0, sort_keys=True))
     print("recorded inventories", {k: len(v) for k, v in inventories.items()})
+
+
+def record_sdxl_inventory(out: Path, pasd_repo: Path) -> None:
+    """Keys and shapes of the reference PASD-SDXL UNet and ControlNet at full width (meta device).
+
+    PASD-SDXL uses the full (non-light) classes with SDXL's config (``backend/models/sdxl.py``, plain
+    data, loaded by path). The ControlNet's optional RRDB is off there, so basicsr is stubbed.
+    """
+    import inspect
+
+    import torch
+
+    sys.path.insert(0, str(pasd_repo))
+    rrdb = types.ModuleType("basicsr.archs.rrdbnet_arch")
+    rrdb.RRDB = None  # never built: use_rrdb is false
+    for name in ("basicsr", "basicsr.archs"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["basicsr.archs.rrdbnet_arch"] = rrdb
+    import diffusers.models.unets.unet_2d_blocks as blocks
+
+    sys.modules["diffusers.models.transformers.unet_2d_blocks"] = blocks
+    path = Path(__file__).resolve().parents[1] / "backend" / "models" / "sdxl.py"
+    spec = importlib.util.spec_from_file_location("sdxl", path)
+    sdxl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sdxl)
+
+    def accepted(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        params = set(inspect.signature(cls.__init__).parameters)
+        return {k: v for k, v in cfg.items() if k in params}
+
+    unet_cls, cn_cls = _reference_classes("full")
+    with torch.device("meta"):
+        inventories = {
+            "unet_full": _inventory(unet_cls(**accepted(unet_cls, sdxl.pasd_sdxl_unet_config()))),
+            "controlnet": _inventory(cn_cls(**accepted(cn_cls, sdxl.pasd_sdxl_controlnet_config()))),
+        }
+    (out / "sdxl_inventory.json").write_text(json.dumps(inventories, indent=0, sort_keys=True))
+    print("recorded SDXL inventories", {k: len(v) for k, v in inventories.items()})
 
 
 def _inventory(model) -> dict[str, list[int]]:
@@ -633,6 +677,9 @@ def main() -> None:
     rp.add_argument("out", type=Path)
     rp.add_argument("--pasd-repo", type=Path, required=True)
     rp.add_argument("--pasd-commit", help="the checkout's commit, when it is not a git work tree")
+    rs = sub.add_parser("record-sdxl-inventory")
+    rs.add_argument("out", type=Path)
+    rs.add_argument("--pasd-repo", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "write-weights":
         write_weights(args.out)
@@ -640,6 +687,8 @@ def main() -> None:
         record(args.out, args.pasd_repo, args.basicsr_src)
     elif args.command == "write-pipeline-weights":
         write_pipeline_weights(args.out)
+    elif args.command == "record-sdxl-inventory":
+        record_sdxl_inventory(args.out, args.pasd_repo)
     else:
         record_pipeline(args.out, args.pasd_repo, args.pasd_commit)
 
