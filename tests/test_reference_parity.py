@@ -87,3 +87,49 @@ def test_forward_matches_reference(case) -> None:
         assert relative_error(mid, outputs[f"{s}.mid"]) < TOLERANCE
         assert relative_error(alone, outputs[f"{s}.unet_out"]) < TOLERANCE
         assert relative_error(chained, outputs[f"{s}.unet_out"]) < TOLERANCE
+
+
+# --------------------------------------------------------------------------- PASD-SDXL
+def test_pasd_sdxl_forward_matches_reference() -> None:
+    """The reference PASD classes with a tiny SDXL config (two text encoders' width, pooled text and six
+    size ids as added embeddings, transformers 1/2/3 deep): strict loading of the official layout, whose
+    configs carry ``use_sd3_vae``, and ControlNet residuals and UNet output equal to the reference's."""
+    folder = REFERENCE / "sdxl"
+    assert json.loads((folder / "unet" / "config.json").read_text())["use_sd3_vae"] is False
+    unet = PasdUNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    controlnet = PasdControlNetModel.from_pretrained(folder / "controlnet")
+    assert unet.pasd_variant == "full" and unet.config.addition_embed_type == "text_time"
+    outputs = load_file(str(folder / "outputs.safetensors"))
+    with safe_open(str(folder / "outputs.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    scale, count = float(meta["conditioning_scale"]), int(meta["residuals"])
+    assert count == 9  # SDXL layout: 9 down residuals + 1 mid
+    for s, _size in enumerate(json.loads(meta["latent_sizes"])):
+        sample, timestep, text, cond = _inputs(outputs, s)
+        added = {"text_embeds": outputs[f"{s}.text_embeds"], "time_ids": outputs[f"{s}.time_ids"]}
+        ref_down = [outputs[f"{s}.down.{i}"] for i in range(count)]
+        with torch.no_grad():
+            down, mid = controlnet(
+                sample,
+                timestep,
+                text,
+                cond,
+                conditioning_scale=scale,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )
+            chained = unet(
+                sample,
+                timestep,
+                text,
+                added_cond_kwargs=added,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+                return_dict=False,
+            )[0]
+        assert len(down) == count
+        for i, (ours, ref) in enumerate(zip(down, ref_down, strict=True)):
+            assert ours.shape == ref.shape
+            assert relative_error(ours, ref) < TOLERANCE, f"down residual {i}"
+        assert relative_error(mid, outputs[f"{s}.mid"]) < TOLERANCE
+        assert relative_error(chained, outputs[f"{s}.unet_out"]) < TOLERANCE

@@ -41,11 +41,11 @@ The whole-pipeline fixtures of ``tests/test_pipeline_parity.py`` are made the sa
 
 See :func:`record_pipeline` for the shims that step applies and why.
 
-The PASD-SDXL key and shape inventory (full width, meta device; ``tests/test_inventory.py``) comes from
-the reference environment alone::
+PASD-SDXL's fixtures (``write-weights`` also writes its tiny weights, ``tests/fixtures/reference/sdxl``)
+need the reference environment only, without basicsr: module outputs and the full-width key and
+shape inventory (``tests/test_reference_parity.py``, ``tests/test_inventory.py``)::
 
-    python tools/make_reference_fixtures.py record-sdxl-inventory tests/fixtures/reference \
-        --pasd-repo ~/src/PASD
+    python tools/make_reference_fixtures.py record-sdxl tests/fixtures/reference --pasd-repo ~/src/PASD
 """
 
 from __future__ import annotations
@@ -67,11 +67,13 @@ SEED = 1234
 
 def write_weights(out: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from backend.models.tiny import write_pasd_components
+    from backend.models.tiny import write_pasd_components, write_pasd_sdxl_components
 
     for i, (name, (variant, rrdb)) in enumerate(CASES.items()):
         write_pasd_components(out / name, variant, rrdb, seed=100 + i)
         print("wrote", out / name)
+    write_pasd_sdxl_components(out / "sdxl", seed=200)
+    print("wrote", out / "sdxl")
 
 
 def _install_shims(basicsr_src: Path) -> None:
@@ -215,16 +217,8 @@ def record_inventories(out: Path) -> None:
     print("recorded inventories", {k: len(v) for k, v in inventories.items()})
 
 
-def record_sdxl_inventory(out: Path, pasd_repo: Path) -> None:
-    """Keys and shapes of the reference PASD-SDXL UNet and ControlNet at full width (meta device).
-
-    PASD-SDXL uses the full (non-light) classes with SDXL's config (``backend/models/sdxl.py``, plain
-    data, loaded by path). The ControlNet's optional RRDB is off there, so basicsr is stubbed.
-    """
-    import inspect
-
-    import torch
-
+def _rrdb_free_shims(pasd_repo: Path) -> None:
+    """The reference importable without basicsr (its RRDB is off in PASD-SDXL) on diffusers 0.29.2."""
     sys.path.insert(0, str(pasd_repo))
     rrdb = types.ModuleType("basicsr.archs.rrdbnet_arch")
     rrdb.RRDB = None  # never built: use_rrdb is false
@@ -234,6 +228,88 @@ def record_sdxl_inventory(out: Path, pasd_repo: Path) -> None:
     import diffusers.models.unets.unet_2d_blocks as blocks
 
     sys.modules["diffusers.models.transformers.unet_2d_blocks"] = blocks
+
+
+def record_sdxl(out: Path, pasd_repo: Path) -> None:
+    """PASD-SDXL module parity: the tiny ``out/sdxl`` weights through the reference classes.
+
+    Inputs as the SDXL pipeline feeds them: text states of the two encoders (concatenated width),
+    the pooled text embeds and the six size ids, both as ``added_cond_kwargs``.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    _rrdb_free_shims(pasd_repo)
+    unet_cls, cn_cls = _reference_classes("full")
+    folder = out / "sdxl"
+    unet = _strict_load(unet_cls, folder / "unet")
+    controlnet = _strict_load(cn_cls, folder / "controlnet")
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    gen = torch.Generator().manual_seed(SEED)
+    tensors: dict[str, torch.Tensor] = {}
+    for s, (h, w) in enumerate(LATENT_SIZES):
+        sample = torch.randn(2, 4, h, w, generator=gen)
+        timestep = torch.tensor([999, 421])
+        text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=gen)
+        text_embeds = torch.randn(2, pooled, generator=gen)
+        time_ids = torch.tensor([[h * 8, w * 8, 0, 0, h * 8, w * 8]] * 2, dtype=torch.float32)
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        cond_u8 = torch.randint(0, 256, (2, 3, h * 8, w * 8), generator=gen, dtype=torch.uint8)
+        with torch.no_grad():
+            _rgbs, down, mid = controlnet(
+                sample,
+                timestep,
+                encoder_hidden_states=text,
+                controlnet_cond=cond_u8.float() / 255.0,
+                conditioning_scale=0.8,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )
+            out_unet = unet(
+                sample,
+                timestep,
+                encoder_hidden_states=text,
+                added_cond_kwargs=added,
+                down_block_additional_residuals=list(down),
+                mid_block_additional_residual=mid,
+                return_dict=False,
+            )[0]
+        tensors.update(
+            {
+                f"{s}.sample": sample,
+                f"{s}.timestep": timestep,
+                f"{s}.text": text,
+                f"{s}.text_embeds": text_embeds,
+                f"{s}.time_ids": time_ids,
+                f"{s}.cond_u8": cond_u8,
+                f"{s}.mid": mid,
+                f"{s}.unet_out": out_unet,
+            }
+        )
+        tensors.update({f"{s}.down.{i}": d for i, d in enumerate(down)})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(folder / "outputs.safetensors"),
+        metadata={
+            "conditioning_scale": "0.8",
+            "latent_sizes": json.dumps(LATENT_SIZES),
+            "residuals": str(len(down)),
+        },
+    )
+    print("recorded sdxl")
+    record_sdxl_inventory(out)
+
+
+def record_sdxl_inventory(out: Path) -> None:
+    """Keys and shapes of the reference PASD-SDXL UNet and ControlNet at full width (meta device).
+
+    PASD-SDXL uses the full (non-light) classes with SDXL's config (``backend/models/sdxl.py``, plain
+    data, loaded by path). Call after :func:`_rrdb_free_shims`.
+    """
+    import inspect
+
+    import torch
+
     path = Path(__file__).resolve().parents[1] / "backend" / "models" / "sdxl.py"
     spec = importlib.util.spec_from_file_location("sdxl", path)
     sdxl = importlib.util.module_from_spec(spec)
@@ -677,7 +753,7 @@ def main() -> None:
     rp.add_argument("out", type=Path)
     rp.add_argument("--pasd-repo", type=Path, required=True)
     rp.add_argument("--pasd-commit", help="the checkout's commit, when it is not a git work tree")
-    rs = sub.add_parser("record-sdxl-inventory")
+    rs = sub.add_parser("record-sdxl")
     rs.add_argument("out", type=Path)
     rs.add_argument("--pasd-repo", type=Path, required=True)
     args = parser.parse_args()
@@ -687,8 +763,8 @@ def main() -> None:
         record(args.out, args.pasd_repo, args.basicsr_src)
     elif args.command == "write-pipeline-weights":
         write_pipeline_weights(args.out)
-    elif args.command == "record-sdxl-inventory":
-        record_sdxl_inventory(args.out, args.pasd_repo)
+    elif args.command == "record-sdxl":
+        record_sdxl(args.out, args.pasd_repo)
     else:
         record_pipeline(args.out, args.pasd_repo, args.pasd_commit)
 

@@ -22,6 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from .controlnet import PasdControlNetModel
 from .manifest import ModelManifest, write_manifest
 from .sd15 import SD15_UNET_CONFIG, sd15_controlnet_config
+from .sdxl import pasd_sdxl_controlnet_config, pasd_sdxl_unet_config
 from .unet import PasdUNet2DConditionModel
 
 TinyVariant = Literal["full", "light", "color"]
@@ -43,6 +44,23 @@ TINY_UNET_CONFIG: dict[str, Any] = {
 }
 
 TINY_CONDITIONING_CHANNELS = [4, 8, 8, 16]
+
+# Shaped like SDXL (3 levels, cross attention in the lower two, deeper transformers lower down,
+# "text_time" added embeddings from the pooled text and six size ids), only narrow. The pooled text
+# is TINY_SDXL_POOLED_DIM wide: 6 · 8 + 16 = 64 inputs to the added-embedding projection.
+TINY_SDXL_POOLED_DIM = 16
+TINY_SDXL_UNET_CONFIG: dict[str, Any] = {
+    **pasd_sdxl_unet_config(),
+    "_diffusers_version": DIFFUSERS_VERSION,
+    "addition_time_embed_dim": 8,
+    "attention_head_dim": [2, 4, 4],
+    "block_out_channels": [8, 16, 16],
+    "cross_attention_dim": 32,
+    "norm_num_groups": 4,
+    "projection_class_embeddings_input_dim": 6 * 8 + TINY_SDXL_POOLED_DIM,
+    "sample_size": 8,
+    "transformer_layers_per_block": [1, 2, 3],
+}
 
 _PROMPT_WORDS = (
     "a",
@@ -178,6 +196,25 @@ def tiny_controlnet_config(use_rrdb: bool = False) -> dict[str, Any]:
     return cfg
 
 
+def tiny_sdxl_unet_config() -> dict[str, Any]:
+    return json.loads(json.dumps(TINY_SDXL_UNET_CONFIG))
+
+
+def tiny_sdxl_controlnet_config() -> dict[str, Any]:
+    """The ControlNet that matches the tiny SDXL UNet, with PASD-SDXL's config keys."""
+    cfg = pasd_sdxl_controlnet_config()
+    cfg.update(
+        {
+            k: TINY_SDXL_UNET_CONFIG[k]
+            for k in cfg
+            if k in TINY_SDXL_UNET_CONFIG and not k.startswith("_class")
+        }
+    )
+    cfg["conditioning_embedding_out_channels"] = TINY_CONDITIONING_CHANNELS
+    cfg["_diffusers_version"] = DIFFUSERS_VERSION
+    return cfg
+
+
 def tiny_vae_config() -> dict[str, Any]:
     """The SD VAE layout (×8 down, GroupNorm, mid-block attention) at tiny widths."""
     return dict(
@@ -213,6 +250,19 @@ def write_pasd_components(folder: Path, variant: Literal["full", "light"], use_r
     _randomize(unet, gen)
     _write_component(folder / "unet", unet_cfg, unet)
     cn_cfg = tiny_controlnet_config(use_rrdb)
+    controlnet = PasdControlNetModel.from_config(cn_cfg)
+    _randomize(controlnet, gen)
+    _write_component(folder / "controlnet", cn_cfg, controlnet)
+
+
+def write_pasd_sdxl_components(folder: Path, seed: int) -> None:
+    """``unet/`` and ``controlnet/`` of a tiny PASD-SDXL checkpoint (the full classes, as released)."""
+    gen = torch.Generator().manual_seed(seed)
+    unet_cfg = tiny_sdxl_unet_config()
+    unet = PasdUNet2DConditionModel.from_config(unet_cfg, pasd_variant="full")
+    _randomize(unet, gen)
+    _write_component(folder / "unet", unet_cfg, unet)
+    cn_cfg = tiny_sdxl_controlnet_config()
     controlnet = PasdControlNetModel.from_config(cn_cfg)
     _randomize(controlnet, gen)
     _write_component(folder / "controlnet", cn_cfg, controlnet)
