@@ -252,6 +252,7 @@ class JobInfo:
 class Estimate:
     seconds: float | None  # None: the model has not run on that server yet
     runs: int
+    work: float  # step-megapixels: the relative cost, known before any run
     model: str | None
     process_width: int
     process_height: int

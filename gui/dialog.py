@@ -671,8 +671,10 @@ class RestoreDialog(QDialog):
         self.estimates = pair
         preview, whole = pair
         if preview.seconds is None or whole.seconds is None:
+            ratio = whole.work / preview.work if preview.work > 0 else 0.0
             self.estimate_label.setText(
-                "Times are shown once this model has run on the backend (the first Preview measures it)."
+                f"Apply is about {max(1, round(ratio))}× the work of a Preview. Times are shown once this "
+                "model has run on the backend (the first Preview measures it)."
             )
         else:
             loading = ", plus loading the model" if self._cold() else ""

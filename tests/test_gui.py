@@ -641,6 +641,9 @@ def test_a_local_backend_that_is_down_starts_by_itself(
         assert dialog.status.text.text().startswith("Connected: CPU")
         qtbot.waitUntil(lambda: dialog.models_loaded, timeout=30000)
         assert dialog.apply_button.isEnabled()
+        # A fresh backend has no measured speed yet: the relative cost, and no invented seconds.
+        qtbot.waitUntil(lambda: "the work of a Preview" in dialog.estimate_label.text(), timeout=30000)
+        assert " s," not in dialog.estimate_label.text()
         assert Client(url).health().log_file == str(tmp_path / "logs" / f"server-{url.rsplit(':', 1)[1]}.log")
     finally:
         if dialog.spawned is not None:

@@ -666,6 +666,7 @@ def test_estimates_come_from_this_machines_finished_runs(
         client = running.client()
         first = client.estimate(56, 40, FAST)
         assert first.seconds is None and first.runs == 0 and first.model == "tiny-full"
+        assert first.work == pytest.approx(2 * 256 * 360 / 1e6 * 2, abs=1e-3)  # steps × MP × guidance batch
         assert (first.process_height, first.process_width, first.tiles) == (256, 360, 1)
         job, _ = client.run(raw(gradient(40, 56)), FAST)
         assert job.result is not None
@@ -674,6 +675,7 @@ def test_estimates_come_from_this_machines_finished_runs(
         assert 0 < after.seconds <= job.result["seconds"] + 0.1  # the model's loading is not counted
         twice = client.estimate(56, 40, {**FAST, "steps": 4})
         assert twice.seconds == pytest.approx(2 * after.seconds, abs=0.15)  # twice the denoising work
+        assert twice.work == pytest.approx(2 * after.work, abs=1e-3)
         with pytest.raises(ApiError, match="does not fit") as bad:
             client.estimate(56, 40, {**FAST, "frame": [30, 0, 64, 40]})
         assert bad.value.status == 422

@@ -382,15 +382,13 @@ def _install_routes(app: FastAPI, s: Services) -> None:
         _check_model(s, request.model, params.task)
         model = s.engine.find_model(request.model, params.task).root.name
         plan = s.engine.plan(request.height, request.width, params, None)
-        guess = (
-            s.jobs.speed.estimate(model, work_units(params.steps, plan.process_size, params.guidance))
-            if s.jobs.speed is not None
-            else None
-        )
+        work = work_units(params.steps, plan.process_size, params.guidance)
+        guess = s.jobs.speed.estimate(model, work) if s.jobs.speed is not None else None
         ph, pw = plan.process_size
         return schemas.Estimate(
             seconds=None if guess is None or guess.seconds is None else round(guess.seconds, 1),
             runs=0 if guess is None else guess.runs,
+            work=round(work, 4),
             model=model,
             process_width=pw,
             process_height=ph,

@@ -143,6 +143,9 @@ class Estimate(BaseModel):
         description="expected run time here (model loading aside); null before the model's first run"
     )
     runs: int = Field(description="how many finished runs of this model the estimate rests on")
+    work: float = Field(
+        description="the run's denoising work in step-megapixels (relative cost, known before any run)"
+    )
     model: str | None = Field(description="the model the estimate is for")
     process_width: int
     process_height: int
