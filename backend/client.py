@@ -826,6 +826,9 @@ class Handoff:
         now = time.time() if now is None else now
         kept: list[Path] = []
         for folder in sorted(self.runs.glob("*")) if self.runs.is_dir() else []:
+            if not folder.is_dir() or folder.is_symlink():
+                folder.unlink(missing_ok=True)
+                continue
             try:
                 job = json.loads((folder / "job.json").read_text(encoding="utf-8"))
                 pid = int(job.get("host_pid") or 0)
@@ -834,7 +837,10 @@ class Handoff:
             if pid and pid != os.getpid() and process_alive(pid):
                 continue  # another plug-in's run, still going
             if job.get("key") and (folder / "answer.json").is_file() and (folder / "result.npy").is_file():
-                kept.append(self.keep(folder, job["key"], str(job.get("title", "")), now))
+                with contextlib.suppress(
+                    OSError, ValueError, TypeError, AttributeError
+                ):  # unreadable: dropped
+                    kept.append(self.keep(folder, str(job["key"]), str(job.get("title", "")), now))
             shutil.rmtree(folder, ignore_errors=True)
         for folder in self.kept.glob("*") if self.kept.is_dir() else []:
             found = Undelivered.read(folder)

@@ -971,7 +971,7 @@ class RestoreDialog(QDialog):
             return
         try:
             self.source.adopt(kept)
-        except (OSError, ClientError) as exc:
+        except (OSError, ValueError, ClientError) as exc:
             self.banner.show_message(f"That result could not be read ({exc}); it was discarded.")
             self._discard(kept, quiet=True)
             return

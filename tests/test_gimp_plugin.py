@@ -456,9 +456,14 @@ def test_runs_of_ended_plugins_are_swept_and_finished_results_kept(tmp_path: Pat
         running = run(alive.pid, "cc" * 16, True)
         junk = handoff.runs / "not-a-run"
         junk.mkdir()
+        stray = handoff.runs / "a-stray-file"
+        stray.write_text("x")
+        corrupt = run(dead.pid, "dd" * 16, True)  # a finished run whose answer was cut short
+        (corrupt / "answer.json").write_text('{"params": {"ta')
         kept = handoff.sweep()
         assert kept == [handoff.kept / ("aa" * 16)]
         assert not finished.exists() and not unfinished.exists() and not junk.exists() and running.exists()
+        assert not stray.exists() and not corrupt.exists() and handoff.undelivered("dd" * 16) is None
         found = handoff.undelivered("aa" * 16)
         assert found is not None and found.seed == 5 and found.what == "Diffusion upscale ×2"
         assert found.title == "scan.xcf" and core.client.read_npy(found.result).data == b"\x01\x02"

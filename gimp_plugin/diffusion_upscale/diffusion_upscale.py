@@ -229,8 +229,11 @@ class Runner:
         try:
             answer = core.run_dialog(backend, job, folder / "job.json", watch=image_gone)
         except core.DialogStopped as exc:
-            if Path(job.answer).is_file() and Path(job.result).is_file():
-                handoff.keep(folder, key, title)
+            if (
+                Path(job.answer).is_file()
+                and Path(job.result).is_file()
+                and _keep(handoff, folder, key, title)
+            ):
                 raise core.PluginError(core.KEPT_MESSAGE.format(task=self.task)) from exc
             Gimp.message(f"Diffusion {self.task} stopped: {exc}. Nothing was changed.")
             return None
@@ -248,7 +251,8 @@ class Runner:
             self.settings = core.settings_from_answer(self.task, answer, self.settings)
             self.apply(source, core.Outcome.from_answer(answer), result)
         except Exception as exc:
-            handoff.keep(folder, key, title)  # finished work is never dropped
+            if not _keep(handoff, folder, key, title):  # finished work is never dropped if it can be kept
+                raise
             raise core.PluginError(f"{exc}. {core.KEPT_MESSAGE.format(task=self.task)}") from exc
         handoff.discard(key)  # applied: an older undelivered result for this input is done with
         return self.settings
@@ -436,6 +440,15 @@ class Runner:
             raise
         if self.interactive:
             Gimp.Display.new(image)
+
+
+def _keep(handoff, folder: Path, key: str, title: str) -> bool:  # type: ignore[no-untyped-def]
+    """Keep a finished result for the next run on this input; False when it cannot be kept."""
+    try:
+        handoff.keep(folder, key, title)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    return True
 
 
 def _rect(r: core.Rect):  # type: ignore[no-untyped-def]
