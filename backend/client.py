@@ -297,7 +297,9 @@ STAGE_NAMES = {
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
+    if seconds < 0.5:
+        return "under 1 s"  # never "0 s" for something that takes time
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     minutes, seconds = divmod(seconds, 60)

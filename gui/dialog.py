@@ -179,6 +179,7 @@ class RestoreDialog(QDialog):
         self.workers = Workers(self)
         self.connected = False
         self.health: Health | None = None
+        self.loaded_model: str | None = None  # on the backend (health, or the last run's model)
         self.models: dict[str, list[dict[str, Any]]] = {"installed": [], "downloadable": []}
         self.models_loaded = False
         self.spawned: subprocess.Popen[bytes] | None = None  # a backend the Start button started
@@ -440,6 +441,7 @@ class RestoreDialog(QDialog):
         self._health_call = None
         first = not self.connected
         self.connected, self.health = True, health
+        self.loaded_model = health.loaded_model
         self.status.connected(health, self.client.url)
         self.status.restart.setVisible(is_loopback(self.client.host) and self._run is None)
         if first:
@@ -696,8 +698,7 @@ class RestoreDialog(QDialog):
     def _cold(self) -> bool:
         """The chosen model is not loaded on the backend yet (its first run also loads it)."""
         chosen = self.controls.model_combo.currentData()
-        loaded = self.health.loaded_model if self.health is not None else None
-        return loaded is None or (chosen is not None and chosen != loaded)
+        return self.loaded_model is None or (chosen is not None and chosen != self.loaded_model)
 
     # =================================================================== runs
     def _prepared_request(self, preview: bool = False) -> Request | None:
@@ -812,6 +813,7 @@ class RestoreDialog(QDialog):
 
     def _run_finished(self, job: JobInfo, result: RawImage) -> None:
         kind = self._run_kind
+        self.loaded_model = (job.result or {}).get("model") or self.loaded_model  # it ran: it is loaded
         self._want_estimate()  # one more measured run
         seconds = time.monotonic() - self._run_started
         self.last_job = job

@@ -361,6 +361,10 @@ def test_preview_runs_the_crop_and_shows_before_and_after(
     assert "image" not in dialog.uploads  # previews send only the crop
     assert dialog.apply_button.isEnabled() and c.isEnabled()
     dialog.split_view.set_split(0.45)
+    # The times Preview and Apply will take, measured by this backend (the module's server has run).
+    qtbot.waitUntil(lambda: dialog.estimate_label.text().startswith("Expected: Preview"), timeout=30000)
+    assert "loading the model" not in dialog.estimate_label.text()  # the preview has loaded it
+    assert " 0 s" not in dialog.estimate_label.text()  # "under 1 s", never "0 s"
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     assert dialog.grab().save(str(SCREENSHOT))
     # Changing a knob marks the after picture as older; moving the crop clears it.
