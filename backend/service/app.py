@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..client import health_proof
 from ..devices import free_memory
-from ..engine import Engine, InputError
+from ..engine import Engine, InputError, RunPlan
 from ..models.loading import ModelLoadError
 from ..models.registry import DEFAULT_MODEL_FOR_TASK, REGISTRY
 from ..models.store import installed_models, missing_files
@@ -378,10 +378,9 @@ def _install_routes(app: FastAPI, s: Services) -> None:
             params = RestoreParams.from_dict(request.params.model_dump())
         except (ParamsError, TypeError) as exc:
             raise ApiError(422, f"Invalid parameters: {exc}") from None
-        _check_work(s, request.height, request.width, params)
+        plan = _check_work(s, request.height, request.width, params)
         _check_model(s, request.model, params.task)
         model = s.engine.find_model(request.model, params.task).root.name
-        plan = s.engine.plan(request.height, request.width, params, None)
         work = work_units(params.steps, plan.process_size, params.guidance)
         guess = s.jobs.speed.estimate(model, work) if s.jobs.speed is not None else None
         ph, pw = plan.process_size
@@ -514,8 +513,10 @@ def _default_model(s: Services, task: str) -> str | None:
         return None
 
 
-def _check_work(s: Services, height: int, width: int, params: RestoreParams) -> None:
-    """Refuse work out of proportion before it is queued: extreme strips, results or process sizes."""
+def _check_work(s: Services, height: int, width: int, params: RestoreParams) -> RunPlan:
+    """Refuse work out of proportion before it is queued: extreme strips, results or process sizes.
+
+    Returns the run's plan (sizes and tiles)."""
     ratio = max(height, width) / max(1, min(height, width))
     if ratio > s.config.max_aspect_ratio:
         raise ApiError(
@@ -545,6 +546,7 @@ def _check_work(s: Services, height: int, width: int, params: RestoreParams) -> 
             f"more than this server's limit of {s.config.max_output_megapixels:g}; use a smaller "
             "process size or a part of the image.",
         )
+    return plan
 
 
 def _check_model(s: Services, model: str | None, task: str) -> None:
