@@ -206,3 +206,33 @@ def test_an_out_of_date_registry_entry_fails_with_the_listing_and_fetches_nothin
         assert "Traceback" not in result.stderr
         assert hub.fetched() == []  # not even SD1.5, which the entry needs first
     assert not models.exists() or not any(p.is_file() for p in models.rglob("*"))
+
+
+def test_download_progress_survives_files_that_come_and_go(tmp_path: Path) -> None:
+    """The hub client renames and removes its partial files while progress is read: never an error."""
+    import threading
+
+    from backend.service.downloads import Download
+
+    folder = tmp_path / "models" / "pasd"
+    folder.mkdir(parents=True)
+    (folder / "kept.bin").write_bytes(b"k" * 1000)
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            part = folder / f"blob.{i % 7}.incomplete"
+            part.write_bytes(b"x" * 100)
+            part.unlink()
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        download = Download("pasd", "running", 10_000, (folder, tmp_path / "absent"))
+        seen = {download.bytes_done() for _ in range(3000)}
+    finally:
+        stop.set()
+        worker.join()
+    assert min(seen) >= 1000 and max(seen) <= 1100

@@ -7,7 +7,9 @@ also counts files a resumed download already had.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +31,18 @@ class Download:
     def bytes_done(self) -> int:
         if self.state == "succeeded":
             return self.bytes_total
-        done = 0
-        for folder in self.folders:
-            if folder.is_dir():
-                done += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        return min(done, self.bytes_total)
+        return min(sum(_bytes_under(folder) for folder in self.folders), self.bytes_total)
+
+
+def _bytes_under(folder: Path) -> int:
+    """Bytes of the files under ``folder`` while a download writes there: its temporary files come
+    and go (renamed into place, removed), so one that vanishes mid-walk simply does not count."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_size
+    return total
 
 
 class Downloads:
