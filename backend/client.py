@@ -299,7 +299,7 @@ STAGE_NAMES = {
 def format_duration(seconds: float) -> str:
     if seconds < 0.5:
         return "under 1 s"  # never "0 s" for something that takes time
-    seconds = round(seconds)
+    seconds = int(seconds + 0.5)  # half up: round() gives round(0.5) == 0
     if seconds < 60:
         return f"{seconds} s"
     minutes, seconds = divmod(seconds, 60)

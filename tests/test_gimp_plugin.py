@@ -92,6 +92,15 @@ def test_names_and_progress_text() -> None:
     assert core.progress_text("upscale", job) == "Diffusion upscale: denoising, step 5 of 20, about 12 s left"
 
 
+def test_durations_never_read_zero_and_round_half_up() -> None:
+    # The backend rounds estimates to 0.1 s; Python's round(0.5) is 0, which once printed "Preview 0 s".
+    fmt = core.client.format_duration
+    assert [fmt(s) for s in (0.0, 0.4, 0.5, 1.5, 2.5, 59.5)] == [
+        "under 1 s", "under 1 s", "1 s", "2 s", "3 s", "1 min 0 s",
+    ]  # fmt: skip
+    assert fmt(3599.6) == "1 h 0 min" and fmt(125) == "2 min 5 s"
+
+
 # --------------------------------------------------------------------------- in a real GIMP 3
 @pytest.fixture(scope="module")
 def gimp() -> Gimp:
