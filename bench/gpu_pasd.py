@@ -44,9 +44,9 @@ def build_ours(device: str, dtype: str, tokenizer_dir: Path, compile_: bool):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from backend.devices import choose_device
-    from backend.models.controlnet import PasdControlNetModel
-    from backend.models.sd15 import SD15_UNET_CONFIG, sd15_controlnet_config
-    from backend.models.unet import PasdUNet2DConditionModel
+    from backend.models.pasd import PasdControlNetModel, PasdUNet2DConditionModel
+    from backend.models.pasd.configs import sd15_controlnet_config
+    from backend.models.sd15 import SD15_UNET_CONFIG
     from backend.pipelines.pasd import PasdPipeline
 
     choice = choose_device(device, dtype)

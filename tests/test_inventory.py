@@ -9,8 +9,9 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from backend.models import PasdControlNetModel, PasdUNet2DConditionModel
+from backend.models.pasd.configs import sd15_controlnet_config
 from backend.models.registry import REGISTRY
-from backend.models.sd15 import SD15_UNET_CONFIG, sd15_controlnet_config
+from backend.models.sd15 import SD15_UNET_CONFIG
 
 from .conftest import FIXTURES
 
@@ -94,7 +95,8 @@ SDXL_REFERENCE_INVENTORY = json.loads((FIXTURES / "reference" / "sdxl_inventory.
 
 @pytest.fixture(scope="module")
 def sdxl_meta_models():
-    from backend.models.sdxl import SDXL_UNET_CONFIG, pasd_sdxl_controlnet_config, pasd_sdxl_unet_config
+    from backend.models.pasd.configs import pasd_sdxl_controlnet_config, pasd_sdxl_unet_config
+    from backend.models.sdxl import SDXL_UNET_CONFIG
 
     with torch.device("meta"):
         base = UNet2DConditionModel(**{k: v for k, v in SDXL_UNET_CONFIG.items() if not k.startswith("_")})

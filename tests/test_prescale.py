@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.models.rrdb import RRDB
+from backend.models.pasd.rrdb import RRDB
 from backend.pipelines.prescale import (
     BicubicPrescaler,
     GanPrescaler,

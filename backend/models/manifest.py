@@ -24,6 +24,7 @@ class ModelManifest:
     id: str
     variant: str  # "full" | "light"
     tasks: tuple[str, ...]
+    family: str = "pasd"  # which pipeline runs it (registry.FAMILIES); older manifests are all "pasd"
     description: str = ""
     licence: str = ""
     tiny: bool = False

@@ -1,4 +1,4 @@
-"""Stable Diffusion 1.5's UNet and ControlNet configurations (the official ``config.json`` values).
+"""Stable Diffusion 1.5's UNet configuration (the official ``unet/config.json`` values).
 
 Used to build full-width models on the meta device: the key and shape inventory of a real PASD
 checkpoint can be checked without a byte of real weights.
@@ -33,22 +33,3 @@ SD15_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
-
-
-def sd15_controlnet_config(use_rrdb: bool = False) -> dict[str, Any]:
-    """The ControlNet PASD trains from SD1.5's UNet (``ControlNetModel.from_unet`` settings)."""
-    cfg = {
-        k: v
-        for k, v in SD15_UNET_CONFIG.items()
-        if k not in ("out_channels", "up_block_types", "center_input_sample", "sample_size")
-    }
-    cfg.update(
-        _class_name="ControlNetModel",
-        conditioning_channels=3,
-        conditioning_embedding_out_channels=[16, 32, 96, 256],
-        controlnet_conditioning_channel_order="rgb",
-        global_pool_conditions=False,
-        return_rgbs=True,
-        use_rrdb=use_rrdb,
-    )
-    return cfg

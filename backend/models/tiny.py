@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UniPCMultistepScheduler
+from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .controlnet import PasdControlNetModel
 from .manifest import ModelManifest, write_manifest
-from .sd15 import SD15_UNET_CONFIG, sd15_controlnet_config
-from .sdxl import pasd_sdxl_controlnet_config, pasd_sdxl_unet_config
-from .unet import PasdUNet2DConditionModel
+from .pasd import PasdControlNetModel, PasdUNet2DConditionModel
+from .pasd.configs import pasd_sdxl_controlnet_config, pasd_sdxl_unet_config, sd15_controlnet_config
+from .sd15 import SD15_UNET_CONFIG
 
-TinyVariant = Literal["full", "light", "color"]
-TINY_VARIANTS: tuple[TinyVariant, ...] = ("full", "light", "color")
+TinyVariant = Literal["full", "light", "color", "sdxl"]
+TINY_VARIANTS: tuple[TinyVariant, ...] = ("full", "light", "color", "sdxl")
 
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_VERSION = "0.29.2"  # the version the official PASD configs were written with
@@ -118,8 +117,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(keep, map(chr, chars), strict=True))
 
 
-def write_tokenizer(folder: Path, max_length: int = 77) -> int:
-    """Write a small CLIP BPE tokenizer (vocab.json, merges.txt, configs); returns the vocab size."""
+def write_tokenizer(folder: Path, max_length: int = 77, pad_token: str = "<|endoftext|>") -> int:
+    """Write a small CLIP BPE tokenizer (vocab.json, merges.txt, configs); returns the vocab size.
+
+    SDXL's second tokenizer pads with ``!`` instead of the end token (``pad_token``)."""
     alphabet = sorted(set(_bytes_to_unicode().values()))
     vocab: list[str] = alphabet + [c + "</w>" for c in alphabet]
     merges: list[tuple[str, str]] = []
@@ -136,7 +137,7 @@ def write_tokenizer(folder: Path, max_length: int = 77) -> int:
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",
         "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
+        "pad_token": pad_token,
     }
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     (folder / "tokenizer_config.json").write_text(
@@ -230,16 +231,20 @@ def tiny_vae_config() -> dict[str, Any]:
     )
 
 
-def _save_text_encoder(folder: Path, model: CLIPTextModel) -> None:
-    """``save_pretrained``, with the official key names: SD1.5's ``text_encoder/model.safetensors`` (and
-    transformers 4, which the reference pins) has ``text_model.``-prefixed keys; transformers 5 writes
-    them without the prefix and reads both, transformers 4 would silently leave the weights random."""
+def _save_text_encoder(folder: Path, model: CLIPTextModel | CLIPTextModelWithProjection) -> None:
+    """``save_pretrained``, with the official key names: SD1.5's and SDXL's ``model.safetensors`` (and
+    transformers 4, which the reference pins) have ``text_model.``-prefixed keys and, with a projection,
+    a top-level ``text_projection.weight``; transformers 5 writes CLIPTextModel's without the prefix and
+    reads both, transformers 4 would silently leave the weights random."""
     model.save_pretrained(str(folder))
     path = folder / "model.safetensors"
     state = load_file(str(path))
-    if not all(k.startswith("text_model.") for k in state):
-        state = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
-        save_file(state, str(path), metadata={"format": "pt"})
+    official = {
+        k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v
+        for k, v in state.items()
+    }
+    if official.keys() != state.keys():
+        save_file(official, str(path), metadata={"format": "pt"})
 
 
 def write_pasd_components(folder: Path, variant: Literal["full", "light"], use_rrdb: bool, seed: int) -> None:
@@ -268,6 +273,55 @@ def write_pasd_sdxl_components(folder: Path, seed: int) -> None:
     _write_component(folder / "controlnet", cn_cfg, controlnet)
 
 
+def _text_config(
+    vocab_size: int, tokenizer: CLIPTokenizer, hidden: int, act: str, projection: int
+) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=projection,
+        hidden_act=act,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=1,
+    )
+
+
+def write_tiny_sdxl_base(root: Path, seed: int) -> None:
+    """SDXL base's components at tiny widths, in its layout: ``text_encoder/`` (CLIP-L, the penultimate
+    layer is used), ``text_encoder_2/`` (bigG with its projection: the pooled text), both tokenizers
+    (the second pads with ``!``), ``vae/`` (SDXL's scaling factor) and ``scheduler/`` (SDXL base's Euler)."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab_size = write_tokenizer(root / "tokenizer")
+    write_tokenizer(root / "tokenizer_2", pad_token="!")
+    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+    half = TINY_SDXL_UNET_CONFIG["cross_attention_dim"] // 2
+    first = CLIPTextModel(_text_config(vocab_size, tokenizer, half, "quick_gelu", half))
+    _randomize(first, gen)
+    _save_text_encoder(root / "text_encoder", first)
+    second_cfg = _text_config(vocab_size, tokenizer, half, "gelu", TINY_SDXL_POOLED_DIM)
+    second = CLIPTextModelWithProjection(second_cfg)
+    _randomize(second, gen)
+    _save_text_encoder(root / "text_encoder_2", second)
+    vae = AutoencoderKL(**tiny_vae_config(), scaling_factor=0.13025, force_upcast=True)
+    _randomize(vae, gen)
+    vae.save_pretrained(str(root / "vae"))
+    # stabilityai/stable-diffusion-xl-base-1.0's scheduler_config.json
+    EulerDiscreteScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        interpolation_type="linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        use_karras_sigmas=False,
+    ).save_pretrained(str(root / "scheduler"))
+
+
 def write_tiny_model(
     folder: str | Path, variant: TinyVariant = "full", seed: int = 0, use_rrdb: bool = False
 ) -> Path:
@@ -277,26 +331,29 @@ def write_tiny_model(
         raise ValueError(f"variant must be one of {TINY_VARIANTS}, not {variant!r}")
     root = Path(folder).expanduser()
     root.mkdir(parents=True, exist_ok=True)
+    if variant == "sdxl":
+        write_pasd_sdxl_components(root, seed)
+        write_tiny_sdxl_base(root, seed + 1)
+        write_manifest(
+            root,
+            ModelManifest(
+                id=root.name,
+                variant="full",
+                tasks=("upscale",),
+                family="pasd-sdxl",
+                description="Tiny random-weight PASD-SDXL for tests; draws noise, not pictures.",
+                licence="Apache-2.0 (generated locally)",
+                tiny=True,
+            ),
+        )
+        return root
     arch: Literal["full", "light"] = "full" if variant == "full" else "light"
     write_pasd_components(root, arch, use_rrdb, seed)
     gen = torch.Generator().manual_seed(seed + 1)
 
     vocab_size = write_tokenizer(root / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
-    text_cfg = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-        hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=1,
-    )
-    text_encoder = CLIPTextModel(text_cfg)
+    text_encoder = CLIPTextModel(_text_config(vocab_size, tokenizer, 32, "quick_gelu", 32))
     _randomize(text_encoder, gen)
     _save_text_encoder(root / "text_encoder", text_encoder)
 

@@ -22,10 +22,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..devices import DeviceChoice
 from ..image_ops import area_resize
-from ..models.controlnet import PasdControlNetModel
 from ..models.loading import ModelLoadError
+from ..models.pasd import PasdControlNetModel, PasdUNet2DConditionModel
 from ..models.store import InstalledModel
-from ..models.unet import PasdUNet2DConditionModel
 from .preview import LatentPreview
 from .tiled_vae import VaeTiling, tiled_decode, tiled_encode
 from .tiling import Tile, blend_weights, plan_tiles

@@ -17,7 +17,7 @@ from diffusers.models.unets.unet_2d_blocks import CrossAttnUpBlock2D
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
 from torch import nn
 
-from .loading import ModelLoadError, build_on_meta, load_component
+from ..loading import ModelLoadError, build_on_meta, load_component
 from .pixel_attention import (
     add_light_pixel_attention,
     flatten_tokens,

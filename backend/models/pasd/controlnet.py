@@ -26,8 +26,8 @@ from diffusers.models.controlnets.controlnet import (
 )
 from torch import nn
 
-from ..image_ops import area_resize
-from .loading import build_on_meta, load_component
+from ...image_ops import area_resize
+from ..loading import build_on_meta, load_component
 from .rrdb import RRDB
 
 # Keys of the training-only RGB heads: loading tolerates their absence (and their presence when the
