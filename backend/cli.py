@@ -16,29 +16,42 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from .models.tiny import write_tiny_model
 
     root = write_tiny_model(args.dir, variant=args.variant, seed=args.seed, use_rrdb=args.rrdb)
-    print(f"Wrote a tiny {args.variant} PASD model to {root}")
+    what = "PASD-SDXL" if args.variant == "sdxl" else f"{args.variant} PASD"
+    print(f"Wrote a tiny {what} model to {root}")
     return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models.registry import REGISTRY
+    from .models.registry import FAMILIES, REGISTRY
     from .models.store import _models_dir, installed_models
 
     root = _models_dir(args.models)
     installed = {m.root.name: m for m in installed_models(root)}
     print(f"Model folder: {root}")
-    print(f"{'id':<18} {'tasks':<10} {'variant':<8} {'size':>9}  {'status':<10} licence")
+    print(f"{'id':<18} {'family':<10} {'tasks':<10} {'variant':<8} {'size':>9}  {'status':<10} licence")
     for spec in REGISTRY.values():
         status = "installed" if spec.id in installed or (root / spec.id / spec.files[0]).is_file() else "-"
         size = f"{spec.size_bytes / 1e9:.2f} GB"
         print(
-            f"{spec.id:<18} {','.join(spec.tasks) or 'base':<10} {spec.variant or '-':<8} {size:>9}  "
-            f"{status:<10} {spec.licence}"
+            f"{spec.id:<18} {spec.family or '-':<10} {','.join(spec.tasks) or 'base':<10} "
+            f"{spec.variant or '-':<8} {size:>9}  {status:<10} {spec.licence}"
         )
     for name, model in installed.items():
         if name not in REGISTRY:
             m = model.manifest
-            print(f"{name:<18} {','.join(m.tasks):<10} {m.variant:<8} {'':>9}  {'local':<10} {m.licence}")
+            print(
+                f"{name:<18} {m.family:<10} {','.join(m.tasks):<10} {m.variant:<8} {'':>9}  "
+                f"{'local':<10} {m.licence}"
+            )
+    print()
+    for family in FAMILIES.values():
+        d = family.defaults["upscale"]
+        line = (
+            f"{family.id}: {family.title} (needs {family.base}); about {family.gpu_memory_gb:g} GB of GPU "
+            f"memory in half precision; defaults {d.steps} steps, guidance {d.guidance:g}, fidelity "
+            f"{d.fidelity:g}, process size {d.process_size}"
+        )
+        print(line + (f"; {family.note}" if family.note else ""))
     return 0
 
 
@@ -78,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiny-model", help="write a tiny random-weight model folder in the official layout")
     p.add_argument("dir", type=Path)
-    p.add_argument("--variant", choices=("full", "light", "color"), default="full")
+    p.add_argument(
+        "--variant",
+        choices=("full", "light", "color", "sdxl"),
+        default="full",
+        help="PASD full / light / colour on a tiny SD1.5 base, or PASD-SDXL on a tiny SDXL base",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rrdb", action="store_true", help="give the ControlNet the RRDB pre-processing blocks")
     p.set_defaults(func=_cmd_tiny_model)

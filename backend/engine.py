@@ -31,11 +31,12 @@ from .devices import (
     return_large_buffers_to_os,
 )
 from .models.loading import ModelLoadError
-from .models.registry import DEFAULT_MODEL_FOR_TASK
+from .models.registry import DEFAULT_MODEL_FOR_TASK, get_spec
 from .models.store import InstalledModel, installed_models, resolve_model
+from .pipelines.base import DenoiseTiling, NoiseAnchor, PreviewFn, RestorationPipeline, TraceFn, emit
 from .pipelines.captioner import Captioner, find_captioner
+from .pipelines.families import load_pipeline
 from .pipelines.params import RestoreParams
-from .pipelines.pasd import DenoiseTiling, NoiseAnchor, PasdPipeline, PreviewFn, TraceFn, emit, model_widths
 from .pipelines.prescale import make_prescaler
 from .pipelines.preview import to_preview
 from .pipelines.prompt import colorize_words, join_prompt
@@ -106,6 +107,7 @@ class RestoreResult:
     plan: RunPlan
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
+    params: RestoreParams | None = None  # what the run used: every unset parameter as the model's default
 
 
 def plan_process_size(out_h: int, out_w: int, process_size: int, task: str) -> tuple[int, int]:
@@ -146,7 +148,7 @@ class Engine:
         self.choice: DeviceChoice = choose_device(device, dtype)
         return_large_buffers_to_os()
         self._offload = offload
-        self._pipeline: PasdPipeline | None = None
+        self._pipeline: RestorationPipeline | None = None
         self._loaded: Path | None = None
         self._captioner: Captioner | None = None
         self._lock = threading.Lock()
@@ -172,11 +174,20 @@ class Engine:
             )
         return model
 
+    def resolved(self, params: RestoreParams, model: str | Path | None = None) -> RestoreParams:
+        """``params`` with every unset model parameter as the chosen model's default (the task's
+        default model's where no model can be found: the run itself then says what is missing)."""
+        try:
+            defaults = self.find_model(model, params.task).manifest.defaults(params.task)
+        except ModelLoadError:
+            defaults = get_spec(DEFAULT_MODEL_FOR_TASK[params.task]).defaults(params.task)
+        return params.resolved(defaults)
+
     @property
     def loaded_model(self) -> str | None:
         return self._loaded.name if self._loaded else None
 
-    def pipeline_for(self, model: InstalledModel) -> PasdPipeline:
+    def pipeline_for(self, model: InstalledModel) -> RestorationPipeline:
         if self._pipeline is not None and self._loaded == model.root:
             return self._pipeline
         self.unload()
@@ -186,7 +197,7 @@ class Engine:
         log.info(
             "loading %s on %s (%s, offload=%s)", model.root, self.choice.name, self.choice.dtype, offload
         )
-        self._pipeline = PasdPipeline.from_installed(model, self.choice, offload=offload)
+        self._pipeline = load_pipeline(model, self.choice, offload=offload)
         self._loaded = model.root
         return self._pipeline
 
@@ -210,7 +221,12 @@ class Engine:
         empty_cache(self.choice.device)
 
     # ------------------------------------------------------------------ planning
-    def plan(self, height: int, width: int, params: RestoreParams, pipeline: PasdPipeline | None) -> RunPlan:
+    def plan(
+        self, height: int, width: int, params: RestoreParams, pipeline: RestorationPipeline | None
+    ) -> RunPlan:
+        """Sizes and tiles for ``params`` as resolved for its model (:meth:`resolved`)."""
+        if params.process_size is None:
+            raise ValueError("plan() needs resolved parameters: call Engine.resolved first")
         out_h = max(1, round(height * params.scale))
         out_w = max(1, round(width * params.scale))
         anchor = None
@@ -233,7 +249,7 @@ class Engine:
             anchor = NoiseAnchor(top, left, max(lh, top + ph // 8), max(lw, left + pw // 8))
         tile, vae_tile = params.tile, params.vae_tile
         if tile is None or vae_tile is None:
-            widths = model_widths(pipeline) if pipeline is not None else (320, 128)
+            widths = pipeline.widths() if pipeline is not None else (320, 128)
             auto = auto_tile_sizes(free_memory(self.choice.device), *widths, self.choice.dtype)
             tile = tile or auto.diffusion
             vae_tile = vae_tile or auto.vae
@@ -298,6 +314,7 @@ class Engine:
 
         report("load", 0, 1)
         model = self.find_model(model_name, params.task)
+        params = params.resolved(model.manifest.defaults(params.task))
         pipeline = self.pipeline_for(model)
         plan = self.plan(height, width, params, pipeline)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
@@ -330,6 +347,7 @@ class Engine:
             plan=plan,
             seconds=time.perf_counter() - started,
             notes=tuple(notes),
+            params=params,
         )
 
     def _run(
@@ -338,7 +356,7 @@ class Engine:
         soft: np.ndarray | None,
         params: RestoreParams,
         plan: RunPlan,
-        pipeline: PasdPipeline,
+        pipeline: RestorationPipeline,
         seed: int,
         report: ProgressFn,
         cancel: CancelToken,
@@ -387,12 +405,10 @@ class Engine:
                 auto_words = captioner.describe(image_ops.resize(cond, _fit(process, 384)))
                 if params.task == "colorize":
                     auto_words = colorize_words(auto_words)
-        prompt = join_prompt(params.prompt, auto_words, params.effective_quality_prompt())
-        negative = join_prompt(params.effective_negative_prompt())
-        if pipeline.prompt_token_count(prompt) > pipeline.tokenizer.model_max_length:
-            notes.append(
-                f"the prompt is longer than {pipeline.tokenizer.model_max_length} tokens; the end is cut"
-            )
+        prompt = join_prompt(params.prompt, auto_words, params.quality_prompt or "")
+        negative = join_prompt(params.negative_prompt or "")
+        if pipeline.prompt_token_count(prompt) > pipeline.max_prompt_tokens:
+            notes.append(f"the prompt is longer than {pipeline.max_prompt_tokens} tokens; the end is cut")
 
         lt = plan.tile // 8
         tiling = DenoiseTiling(lt, round(lt * params.tile_overlap))
@@ -403,8 +419,8 @@ class Engine:
             cond,
             prompt=prompt,
             negative_prompt=negative,
-            steps=params.steps,
-            guidance=params.guidance,
+            steps=int(params.steps or 0),
+            guidance=float(params.guidance or 0.0),
             seed=seed,
             scale_map=scale,
             added_noise_level=params.added_noise_level,

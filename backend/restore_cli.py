@@ -37,18 +37,28 @@ def add_restore_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
         p.add_argument("--prompt", default="", help="what the picture shows, in a few words")
         p.add_argument("--auto-prompt", action="store_true", help="add words from the captioning model")
-        p.add_argument("--quality-prompt", help="quality words added to the prompt (default: the task's)")
-        p.add_argument("--negative-prompt", help="what to avoid (default: the task's)")
+        p.add_argument("--quality-prompt", help="quality words added to the prompt (default: the model's)")
+        p.add_argument("--negative-prompt", help="what to avoid (default: the model's)")
         p.add_argument("--mask", type=Path, help="foreground mask (grey or alpha), same size as the input")
-        p.add_argument("--fidelity-fg", type=float, default=1.0, help="0 to 2: fidelity inside the mask")
-        p.add_argument("--fidelity-bg", type=float, default=1.0, help="0 to 2: fidelity elsewhere")
-        p.add_argument("--steps", type=int, default=20)
-        p.add_argument("--guidance", type=float, default=7.5)
+        p.add_argument(
+            "--fidelity-fg", type=float, help="0 to 2: fidelity inside the mask (default: the model's)"
+        )
+        p.add_argument("--fidelity-bg", type=float, help="0 to 2: fidelity elsewhere (default: the model's)")
+        p.add_argument("--steps", type=int, help="1 to 200 (default: the model's: 20 PASD, 25 PASD-SDXL)")
+        p.add_argument("--guidance", type=float, help="0 to 30 (default: the model's: 7.5 PASD, 7 PASD-SDXL)")
         p.add_argument("--seed", type=int, help="default: random (printed)")
         p.add_argument("--tile", type=int, help="diffusion tile in pixels (default: from free memory)")
         p.add_argument("--vae-tile", type=int, help="VAE tile in pixels (default: from free memory)")
-        p.add_argument("--process-size", type=int, default=768, help="short side the model works at")
-        p.add_argument("--noise-level", type=int, default=900, help="PASD's added noise level, 0 to 999")
+        p.add_argument(
+            "--process-size",
+            type=int,
+            help="short side the model works at (default: the model's: 768 PASD, 1280 PASD-SDXL)",
+        )
+        p.add_argument(
+            "--noise-level",
+            type=int,
+            help="PASD's added noise level, 0 to 999 (default 900; PASD-SDXL starts from pure noise)",
+        )
         p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
         p.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
         p.add_argument(

@@ -29,22 +29,22 @@ from PySide6.QtWidgets import (
 )
 
 from backend.client import DownloadStatus
-from backend.pipelines.params import (
-    COLORIZE_NEGATIVE_PROMPT,
-    COLORIZE_QUALITY_PROMPT,
-    UPSCALE_NEGATIVE_PROMPT,
-    UPSCALE_QUALITY_PROMPT,
-)
+from backend.models.registry import ModelDefaults
 
 from .request import output_size
-from .settings import PRESETS, SCALES, SEED_MAX, DialogSettings, matching_preset, preset_named, random_seed
+from .settings import (
+    PRESETS,
+    SCALES,
+    SEED_MAX,
+    DialogSettings,
+    fallback_defaults,
+    matching_preset,
+    preset_named,
+    random_seed,
+)
 from .widgets import Fold, SliderNumber, format_bytes
 
 TILE_AUTO = 56  # the tile box's lowest value, shown as "Auto" (the smallest real tile is 64)
-DEFAULT_WORDS = {
-    "upscale": (UPSCALE_QUALITY_PROMPT, UPSCALE_NEGATIVE_PROMPT),
-    "colorize": (COLORIZE_QUALITY_PROMPT, COLORIZE_NEGATIVE_PROMPT),
-}
 
 
 def _row(form: QFormLayout, text: str, field: QWidget | QLayout, buddy: QWidget | None = None) -> QLabel:
@@ -69,6 +69,7 @@ class Controls(QWidget):
         self.image_size = (0, 0)  # width, height of the input: for the output size
         self.models: dict[str, list[dict[str, Any]]] = {"installed": [], "downloadable": []}
         self.models_loaded = False
+        self.shown_defaults: ModelDefaults = fallback_defaults(self.task)  # the chosen model's settings
         self._loading = False
         form = QFormLayout(self)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -113,6 +114,14 @@ class Controls(QWidget):
         models_row.addWidget(self.model_combo, 1)
         models_row.addWidget(self.install_button)
         _row(form, "&Model:", models_row, self.model_combo)
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+        self.model_info.setToolTip(
+            "The chosen model's own settings: choosing a model sets the knobs to them (a preset stays "
+            "that preset); Balanced is exactly them."
+        )
+        form.addRow("", self.model_info)
+        self.model_combo.activated.connect(self._model_chosen)
         self.download_bar = QProgressBar()
         self.download_bar.setRange(0, 1000)
         self.download_bar.setTextVisible(True)
@@ -326,7 +335,7 @@ class Controls(QWidget):
     # ------------------------------------------------------------------ values
     def values(self) -> DialogSettings:
         """The controls as one value (what is saved, and what the request is built from)."""
-        quality, negative = DEFAULT_WORDS[self.task]
+        quality, negative = self._words()
         words = self.quality_words.text(), self.negative_words.text()
         return DialogSettings(
             scale=int(self.scale_combo.currentData()),
@@ -353,13 +362,13 @@ class Controls(QWidget):
         """Show ``s`` in the controls (the task's words where it has none)."""
         self._loading = True
         try:
-            quality, negative = DEFAULT_WORDS[self.task]
             scale = 1 if self.task == "colorize" else s.scale
             if self.scale_combo.findData(scale) < 0:  # 3× from the host: offer it too
                 offered = [self.scale_combo.itemData(i) for i in range(self.scale_combo.count())]
                 self.scale_combo.insertItem(sum(f < scale for f in offered), f"{scale}×", scale)
             self.scale_combo.setCurrentIndex(self.scale_combo.findData(scale))
             self.set_models(self.models, self.models_loaded, s.model)
+            quality, negative = self._words()  # the model's, now that it is chosen
             self.prompt.setText(s.prompt)
             self.auto_prompt.setChecked(s.auto_prompt)
             self.quality_words.setText(quality if s.quality_prompt is None else s.quality_prompt)
@@ -383,12 +392,12 @@ class Controls(QWidget):
         self._changed()
 
     def reset(self) -> None:
-        self.set_values(DialogSettings.defaults(self.task))
+        self.set_values(DialogSettings.defaults(self.task, self.shown_defaults))
 
     def _changed(self, *_: object) -> None:
         if self._loading:
             return
-        preset = matching_preset(self.values())
+        preset = matching_preset(self.values(), self.shown_defaults)
         self.preset.setCurrentIndex(max(0, self.preset.findData(preset.name if preset else None)))
         out_w, out_h = output_size(*self.image_size, int(self.scale_combo.currentData()))
         self.size_label.setText(f"{out_w} × {out_h} px, {out_w * out_h / 1e6:.2f} MP")
@@ -397,14 +406,67 @@ class Controls(QWidget):
     def _preset_chosen(self, index: int) -> None:
         preset = preset_named(self.preset.itemData(index) or "")
         if preset is not None:
-            self.set_values(preset.apply(self.values()))
+            self.set_values(preset.apply(self.values(), self.shown_defaults))
 
     def _default_words(self) -> None:
-        quality, negative = DEFAULT_WORDS[self.task]
+        quality, negative = self._words()
         self.quality_words.setText(quality)
         self.negative_words.setText(negative)
 
     # ------------------------------------------------------------------ models
+    def _words(self) -> tuple[str, str]:
+        return self.shown_defaults.quality_prompt, self.shown_defaults.negative_prompt
+
+    def model_defaults(self, model_id: str | None) -> ModelDefaults:
+        """A listed model's own settings for this task (Automatic: the task's default model's);
+        PASD's until the backend has listed its models."""
+        installed = [m for m in self.models.get("installed", []) if self.task in m.get("tasks", [])]
+        entry = next((m for m in installed if m["id"] == model_id), None)
+        if entry is None and model_id is None:
+            entry = next((m for m in installed if self.task in m.get("default_for", [])), None)
+        data = (entry or {}).get("defaults", {}).get(self.task)
+        if isinstance(data, dict):
+            try:
+                return ModelDefaults(**data)
+            except TypeError:  # a newer backend's fields: keep what this dialog knows
+                pass
+        return fallback_defaults(self.task)
+
+    def _model_chosen(self, index: int) -> None:
+        """The user picked a model: the knobs follow its own settings (see DialogSettings.with_model)."""
+        old = self.shown_defaults
+        values = self.values()  # words equal to the old model's defaults become None: they follow
+        self.shown_defaults = self.model_defaults(self.model_combo.itemData(index))
+        self.set_values(values.with_model(old, self.shown_defaults))
+        self._show_model_info()
+
+    def _follow_listed_model(self) -> None:
+        """The model list arrived or changed: default words follow the selected model's."""
+        values = self.values()
+        self.shown_defaults = self.model_defaults(self.model_combo.currentData())
+        quality, negative = self._words()
+        was, self._loading = self._loading, True
+        try:
+            if values.quality_prompt is None:
+                self.quality_words.setText(quality)
+            if values.negative_prompt is None:
+                self.negative_words.setText(negative)
+        finally:
+            self._loading = was
+        self._show_model_info()
+
+    def _show_model_info(self) -> None:
+        d = self.shown_defaults
+        model_id = self.model_combo.currentData()
+        entry = next((m for m in self.models.get("installed", []) if m["id"] == model_id), None)
+        family = {"pasd": "PASD (SD1.5)", "pasd-sdxl": "PASD-SDXL"}.get((entry or {}).get("family", ""), "")
+        own = "its" if entry else "the model's"
+        self.model_info.setText(
+            (f"{family}: " if family else "")
+            + f"{own} settings are {d.steps} steps, guidance {d.guidance:g}, fidelity {d.fidelity:g}, "
+            f"{d.process_size} px"
+        )
+
     def set_models(self, models: dict[str, list[dict[str, Any]]], loaded: bool, selected: str | None) -> int:
         """Fill the model list (this task's installed models) and the Install menu; returns how many
         models the task has installed."""
@@ -427,6 +489,7 @@ class Controls(QWidget):
             combo.addItem(selected, selected)  # the stored choice, until the backend lists its models
         combo.setCurrentIndex(max(0, combo.findData(selected)))
         combo.blockSignals(False)
+        self._follow_listed_model()
 
         self.install_menu.clear()
         for model in self.models.get("downloadable", []):

@@ -355,7 +355,7 @@ class RestoreDialog(QDialog):
 
     def request(self) -> Request:
         """The backend request the controls describe (ParamsError when a value is off)."""
-        return build_request(self.task, self.values())
+        return build_request(self.task, self.values(), self.controls.shown_defaults)
 
     def _values_changed(self) -> None:
         self._show_before()

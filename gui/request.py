@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from backend.models.registry import ModelDefaults
 from backend.pipelines.params import MIN_TILE, RestoreParams
 
-from .settings import DialogSettings
+from .settings import DialogSettings, fallback_defaults
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,10 @@ class Request:
         return self.options["model"]
 
 
-def build_request(task: str, settings: DialogSettings) -> Request:
+def build_request(task: str, settings: DialogSettings, model: ModelDefaults | None = None) -> Request:
     """Parameters for ``task`` from the dialog's values; ParamsError (plain words) when one is off.
 
-    Words boxes send exactly what they show (the task's defaults unless edited), so the answer
+    Words boxes send exactly what they show (the ``model``'s defaults unless edited), so the answer
     records the words that ran. Colorize always keeps the size (scale 1).
     """
     params = RestoreParams(
@@ -46,9 +47,10 @@ def build_request(task: str, settings: DialogSettings) -> Request:
         color_fix=settings.color_fix,
         tile=None if settings.tile is None else multiple_of_8(settings.tile, MIN_TILE),
     )
+    d = model or fallback_defaults(task)
     params = params.with_(
-        quality_prompt=_words(settings.quality_prompt, params.effective_quality_prompt()),
-        negative_prompt=_words(settings.negative_prompt, params.effective_negative_prompt()),
+        quality_prompt=_words(settings.quality_prompt, d.quality_prompt),
+        negative_prompt=_words(settings.negative_prompt, d.negative_prompt),
     ).validate()
     options = {"output": settings.output, "color_mode": settings.color_mode, "model": settings.model}
     return Request(params.to_dict(), options)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import paths
+from backend.models.registry import FAMILIES, ModelDefaults
 
 SETTINGS_VERSION = 1
 SEED_MAX = 2**31 - 1  # what a spin box (and GIMP's seed argument) holds
@@ -37,8 +38,8 @@ class DialogSettings:
     model: str | None = None  # None: the server's default for the task
     prompt: str = ""
     auto_prompt: bool = False
-    quality_prompt: str | None = None  # None: the task's default words
-    negative_prompt: str | None = None  # None: the task's default words
+    quality_prompt: str | None = None  # None: the model's default words
+    negative_prompt: str | None = None  # None: the model's default words
     steps: int = 20
     guidance: float = 7.5
     seed: int = field(default_factory=random_seed)
@@ -53,8 +54,28 @@ class DialogSettings:
     output: str = "layer"
 
     @classmethod
-    def defaults(cls, task: str) -> DialogSettings:
-        return cls(scale=1) if task == "colorize" else cls()
+    def defaults(cls, task: str, model: ModelDefaults | None = None) -> DialogSettings:
+        """A fresh dialog's values: the model's own settings (PASD's before the backend lists models)."""
+        d = model or fallback_defaults(task)
+        return cls(
+            scale=1 if task == "colorize" else 2,
+            steps=d.steps,
+            guidance=d.guidance,
+            fidelity_fg=d.fidelity,
+            fidelity_bg=d.fidelity,
+            process_size=d.process_size,
+            added_noise_level=900 if d.added_noise_level is None else d.added_noise_level,
+        )
+
+    def with_model(self, old: ModelDefaults, new: ModelDefaults) -> DialogSettings:
+        """These values for another model: a preset stays that preset, anything else becomes the new
+        model's own settings; its process size, noise level and (unless edited) words follow it."""
+        preset = matching_preset(self, old) or PRESETS[1]
+        return replace(
+            preset.apply(self, new),
+            process_size=new.process_size,
+            added_noise_level=900 if new.added_noise_level is None else new.added_noise_level,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +90,11 @@ class DialogSettings:
             if f.name in data and _fits(data[f.name], str(f.type)):
                 changes[f.name] = _clean(f.name, data[f.name])
         return replace(base, **{k: v for k, v in changes.items() if v is not _INVALID})
+
+
+def fallback_defaults(task: str) -> ModelDefaults:
+    """PASD-SD1.5's defaults for ``task``: what the dialog shows before it knows the model's."""
+    return FAMILIES["pasd"].defaults[task]
 
 
 _INVALID = object()
@@ -107,30 +133,41 @@ def _clean(name: str, value: Any) -> Any:
 # --------------------------------------------------------------------------- presets
 @dataclass(frozen=True)
 class Preset:
-    """A named starting point for the knobs that trade faithfulness against invention."""
+    """A named starting point for the knobs that trade faithfulness against invention, relative to
+    the model's own settings (Balanced is exactly them), so it means the same on every model."""
 
     name: str
     description: str
-    steps: int
-    guidance: float
-    fidelity_fg: float
+    steps: float  # × the model's steps
+    guidance: float  # × the model's guidance
+    fidelity_fg: float  # × the model's fidelity
     fidelity_bg: float
 
-    def apply(self, settings: DialogSettings) -> DialogSettings:
-        return replace(
-            settings,
-            steps=self.steps,
-            guidance=self.guidance,
-            fidelity_fg=self.fidelity_fg,
-            fidelity_bg=self.fidelity_bg,
+    def knobs(self, d: ModelDefaults) -> tuple[int, float, float, float]:
+        """(steps, guidance, fidelity_fg, fidelity_bg) for a model, rounded as the controls show them."""
+
+        def fidelity(factor: float) -> float:
+            return min(2.0, round(d.fidelity * factor * 20) / 20)  # the slider's 0.05 steps
+
+        steps = max(1, min(200, round(d.steps * self.steps)))
+        return (
+            steps,
+            round(d.guidance * self.guidance, 1),
+            fidelity(self.fidelity_fg),
+            fidelity(self.fidelity_bg),
         )
 
-    def matches(self, settings: DialogSettings) -> bool:
+    def apply(self, settings: DialogSettings, d: ModelDefaults) -> DialogSettings:
+        steps, guidance, fg, bg = self.knobs(d)
+        return replace(settings, steps=steps, guidance=guidance, fidelity_fg=fg, fidelity_bg=bg)
+
+    def matches(self, settings: DialogSettings, d: ModelDefaults) -> bool:
+        steps, guidance, fg, bg = self.knobs(d)
         return (
-            settings.steps == self.steps
-            and abs(settings.guidance - self.guidance) < 1e-6
-            and abs(settings.fidelity_fg - self.fidelity_fg) < 1e-6
-            and abs(settings.fidelity_bg - self.fidelity_bg) < 1e-6
+            settings.steps == steps
+            and abs(settings.guidance - guidance) < 1e-6
+            and abs(settings.fidelity_fg - fg) < 1e-6
+            and abs(settings.fidelity_bg - bg) < 1e-6
         )
 
 
@@ -139,16 +176,16 @@ PRESETS: tuple[Preset, ...] = (
         "Faithful",
         "Stays close to the original: strong fidelity, gentle prompt guidance. For documents, "
         "faces you know, archival scans.",
-        steps=15,
-        guidance=4.0,
+        steps=0.75,
+        guidance=4.0 / 7.5,
         fidelity_fg=1.6,
         fidelity_bg=1.4,
     ),
     Preset(
         "Balanced",
         "The model's reference settings.",
-        steps=20,
-        guidance=7.5,
+        steps=1.0,
+        guidance=1.0,
         fidelity_fg=1.0,
         fidelity_bg=1.0,
     ),
@@ -156,8 +193,8 @@ PRESETS: tuple[Preset, ...] = (
         "Creative",
         "Lets the model invent texture and detail: weak fidelity, strong prompt guidance. Details "
         "may differ from the original.",
-        steps=30,
-        guidance=9.0,
+        steps=1.5,
+        guidance=1.2,
         fidelity_fg=0.6,
         fidelity_bg=0.4,
     ),
@@ -168,8 +205,8 @@ def preset_named(name: str) -> Preset | None:
     return next((p for p in PRESETS if p.name == name), None)
 
 
-def matching_preset(settings: DialogSettings) -> Preset | None:
-    return next((p for p in PRESETS if p.matches(settings)), None)
+def matching_preset(settings: DialogSettings, d: ModelDefaults) -> Preset | None:
+    return next((p for p in PRESETS if p.matches(settings, d)), None)
 
 
 # --------------------------------------------------------------------------- the host's values

@@ -52,6 +52,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny PASD-SDXL with a tiny SDXL base (official layouts), in a model folder of its own."""
+    return write_tiny_model(tmp_path_factory.mktemp("sdxl-models") / "tiny-sdxl", "sdxl", seed=6)
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny models gain nothing from threads, and on a busy runner their spin-waits cost seconds."""

@@ -35,12 +35,17 @@ from backend.client import (
     read_npy,
     write_npy,
 )
-from backend.pipelines.params import UPSCALE_NEGATIVE_PROMPT, RestoreParams
+from backend.models.registry import FAMILIES
+from backend.pipelines.params import RestoreParams
 from gui.app import job_input, main
 from gui.dialog import RestoreDialog
 from gui.imaging import Rect
 from gui.settings import PRESETS, DialogSettings, SettingsStore, merge_host
 from tests.service_server import ROOT, ServerProcess, wait_for
+
+PASD = FAMILIES["pasd"].defaults["upscale"]
+SDXL = FAMILIES["pasd-sdxl"].defaults["upscale"]
+UPSCALE_NEGATIVE_PROMPT = PASD.negative_prompt
 
 SCREENSHOT = ROOT / "docs" / "images" / "dialog.png"
 # The host's settings for most tests (the plug-in hands its last values over the same way): quick runs.
@@ -261,11 +266,66 @@ def test_presets_set_the_knobs_and_custom_shows_when_changed(
         c.preset.activated.emit(c.preset.currentIndex())
         values = dialog.values()
         knobs = (values.steps, values.guidance, values.fidelity_fg, values.fidelity_bg)
-        assert knobs == (preset.steps, preset.guidance, preset.fidelity_fg, preset.fidelity_bg)
-    faithful, _, creative = PRESETS
-    assert faithful.fidelity_fg > 1.5 and faithful.guidance < creative.guidance and creative.fidelity_bg < 0.5
+        assert knobs == preset.knobs(PASD)
+    faithful, balanced, creative = (p.knobs(PASD) for p in PRESETS)
+    assert (
+        faithful == (15, 4.0, 1.6, 1.4)
+        and balanced == (20, 7.5, 1.0, 1.0)
+        and creative == (30, 9.0, 0.6, 0.4)
+    )
     c.steps.setValue(17)
     assert c.preset.currentText() == "Custom"
+
+
+def test_choosing_a_model_shows_its_own_settings(
+    qtbot: Any, tiny_models: dict[str, Path], tiny_sdxl: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """PASD-SDXL runs with 25 steps, guidance 7, fidelity 0.8 at 1280 px and its own words; picking it
+    sets them (a preset stays that preset), picking PASD again brings PASD's back."""
+    models = tmp_path_factory.mktemp("two-families")
+    for folder in (tiny_models["full"], tiny_sdxl):
+        (models / folder.name).symlink_to(folder, target_is_directory=True)
+    tmp = tmp_path_factory.mktemp("sdxl-dialog")
+    with ServerProcess(models, tmp / "server") as running:
+        dialog = open_dialog(qtbot, make_job(tmp / "job", running.url, settings={}))
+        c = dialog.controls
+        qtbot.waitUntil(lambda: c.model_combo.findData("tiny-sdxl") >= 0, timeout=30000)
+        assert "PASD (SD1.5)" not in c.model_info.text() and "20 steps" in c.model_info.text()
+        c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-sdxl"))
+        c.model_combo.activated.emit(c.model_combo.currentIndex())
+        v = dialog.values()
+        assert (v.steps, v.guidance, v.fidelity_fg, v.fidelity_bg, v.process_size) == (
+            25,
+            7.0,
+            0.8,
+            0.8,
+            1280,
+        )
+        assert c.preset.currentText() == "Balanced" and c.negative_words.text() == SDXL.negative_prompt
+        assert c.model_info.text().startswith("PASD-SDXL: its settings are 25 steps, guidance 7")
+        params = dialog.request().params
+        assert params["quality_prompt"] == SDXL.quality_prompt and params["steps"] == 25
+        # Faithful on SDXL is Faithful of SDXL's settings; back on PASD it is PASD's Faithful.
+        c.preset.setCurrentIndex(c.preset.findData("Faithful"))
+        c.preset.activated.emit(c.preset.currentIndex())
+        v = dialog.values()
+        assert (
+            (v.steps, v.guidance, v.fidelity_fg, v.fidelity_bg)
+            == PRESETS[0].knobs(SDXL)
+            == (19, 3.7, 1.3, 1.1)
+        )
+        c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-full"))
+        c.model_combo.activated.emit(c.model_combo.currentIndex())
+        v = dialog.values()
+        assert (v.steps, v.guidance, v.fidelity_fg, v.fidelity_bg) == (15, 4.0, 1.6, 1.4)
+        assert v.process_size == 768 and c.preset.currentText() == "Faithful"
+        assert c.negative_words.text() == PASD.negative_prompt
+        # Edited words stay the user's when the model changes.
+        c.negative_words.setText("fog")
+        c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-sdxl"))
+        c.model_combo.activated.emit(c.model_combo.currentIndex())
+        assert c.negative_words.text() == "fog" and dialog.values().process_size == 1280
+        dialog.reject()
 
 
 # --------------------------------------------------------------------------- settings

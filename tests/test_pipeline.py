@@ -11,7 +11,10 @@ from diffusers import UniPCMultistepScheduler
 from backend.devices import choose_device
 from backend.image_ops import area_resize
 from backend.models.store import resolve_model
+from backend.pipelines.base import TextConditioning
+from backend.pipelines.families import load_pipeline
 from backend.pipelines.pasd import DenoiseTiling, PasdPipeline
+from backend.pipelines.pasd_sdxl import PasdSdxlPipeline
 from backend.pipelines.tiling import blend_weights, plan_tiles
 
 
@@ -56,22 +59,25 @@ def test_tiles_cover_every_pixel_once_in_weight() -> None:
         torch.testing.assert_close(total, torch.ones(h, w), rtol=0, atol=1e-6)
 
 
-def _plain_denoise(pipe: PasdPipeline, scheduler, latents, img, scale, emb, guidance):
+def _plain_denoise(pipe: PasdPipeline, scheduler, latents, img, scale, emb: TextConditioning, guidance):
     """The textbook untiled loop (as in the reference), as an oracle for the tiled one."""
+    added = emb.added or None
     for t in scheduler.timesteps:
         inp = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         down, mid = pipe.controlnet(
             inp,
             t,
-            encoder_hidden_states=emb,
+            encoder_hidden_states=emb.states,
             controlnet_cond=torch.cat([img] * 2),
             conditioning_scale=scale,
+            added_cond_kwargs=added,
             return_dict=False,
         )
         pred = pipe.unet(
             inp,
             t,
-            encoder_hidden_states=emb,
+            encoder_hidden_states=emb.states,
+            added_cond_kwargs=added,
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
             return_dict=False,
@@ -82,21 +88,32 @@ def _plain_denoise(pipe: PasdPipeline, scheduler, latents, img, scale, emb, guid
 
 
 def _scheduler(pipe: PasdPipeline, steps: int = 3) -> UniPCMultistepScheduler:
-    s = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    s = pipe.scheduler_class.from_config(pipe.scheduler.config)
     s.set_timesteps(steps)
     return s
 
 
-def test_one_tile_equals_no_tiling_exactly(pipeline: PasdPipeline) -> None:
+@pytest.fixture(scope="module")
+def sdxl_pipeline(tiny_sdxl: Path) -> PasdSdxlPipeline:
+    loaded = load_pipeline(resolve_model(tiny_sdxl), choose_device("cpu"))
+    assert isinstance(loaded, PasdSdxlPipeline)  # chosen by the folder's family, not by the caller
+    return loaded
+
+
+@pytest.mark.parametrize("family", ["pasd", "pasd-sdxl"])
+def test_one_tile_equals_no_tiling_exactly(
+    family: str, pipeline: PasdPipeline, request: pytest.FixtureRequest
+) -> None:
+    pipe = pipeline if family == "pasd" else request.getfixturevalue("sdxl_pipeline")
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, 8, 12, generator=gen)
     img = image(64, 96)
     scale = torch.rand(1, 1, 64, 96, generator=gen) * 2
-    emb = pipeline.encode_prompt("a cat", "blurry", True)
+    emb = pipe.conditioning("a cat", "blurry", True, (64, 96))
     with torch.no_grad():
-        expected = _plain_denoise(pipeline, _scheduler(pipeline), latents, img, scale, emb, 7.5)
+        expected = _plain_denoise(pipe, _scheduler(pipe), latents, img, scale, emb, 7.5)
         for tiling in (None, DenoiseTiling(12, 0), DenoiseTiling(64, 8)):
-            got = pipeline.denoise(_scheduler(pipeline), latents, img, scale, emb, 7.5, tiling)
+            got = pipe.denoise(_scheduler(pipe), latents, img, scale, emb, 7.5, tiling)
             assert torch.equal(got, expected)
 
 

@@ -1,12 +1,14 @@
-"""Our whole restoration against the reference PASD pipeline (github.com/yangxy/PASD), stage by stage.
+"""Our whole restoration against the reference PASD pipelines (github.com/yangxy/PASD), stage by stage.
 
 The fixtures in ``tests/fixtures/reference_pipeline/<case>/`` hold tiny official-layout models, the
-inputs, and every stage of the reference's ``pipeline_pasd.py`` run as its ``test_pasd.py`` runs it
-(recorded by ``tools/make_reference_fixtures.py``, which says how to re-record them and which shims it
-applies). Here :meth:`Engine.restore` runs on the same inputs with a ``trace`` and each stage is
-compared: relative error at most 1e-5 for the diffusion stages (prompt embeddings, the VAE sample,
-the two noise draws, the noised start, the latents after every step, the decoded image) and 1e-4 for
-the colour fix and the final image, all in float32.
+inputs, and every stage of the reference's ``pipeline_pasd.py`` run as its ``test_pasd.py`` runs it,
+and (``sdxl_*``) of ``pipeline_pasd_sdxl.py`` as ``test_pasd_sdxl.py`` runs it (recorded by
+``tools/make_reference_fixtures.py``, which says how to re-record them and which shims it applies).
+Here :meth:`Engine.restore` runs on the same inputs with a ``trace`` and each stage is compared:
+relative error at most 1e-5 for the diffusion stages (prompt embeddings, the VAE sample, the two
+noise draws, the noised start, the latents after every step, the decoded image; on SDXL the joined
+text states, the pooled text, the size ids, the one noise draw and the start instead of the VAE
+sample and the noised start) and 1e-4 for the colour fix and the final image, all in float32.
 
 One substitution on our side: the engine's plan is fixed at a 64×80 process size (one latent tile,
 VAE untiled), since ``RestoreParams`` refuses process sizes under 256 px, a floor meant for users.
@@ -53,7 +55,7 @@ from backend.pipelines.params import RestoreParams
 from .conftest import FIXTURES
 
 REFERENCE = FIXTURES / "reference_pipeline"
-CASES = ("upscale_full", "upscale_light", "colorize", "upscale_mask")
+CASES = ("upscale_full", "upscale_light", "colorize", "upscale_mask", "sdxl_upscale", "sdxl_mask")
 DIFFUSION_TOLERANCE = 1e-5
 IMAGE_TOLERANCE = 1e-4
 
@@ -123,7 +125,10 @@ def test_same_inputs_as_recorded(case: dict[str, Any]) -> None:
 def test_diffusion_stages_match_the_reference(case: dict[str, Any]) -> None:
     ours, ref = case["ours"], case["ref"]
     steps = case["meta"]["params"]["steps"]
-    stages = ["prompt_embeds", "init_latents", "noise", "added_noise", "noised_start"]
+    if case["name"].startswith("sdxl"):
+        stages = ["prompt_embeds", "pooled_prompt_embeds", "time_ids", "noise", "start"]
+    else:
+        stages = ["prompt_embeds", "init_latents", "noise", "added_noise", "noised_start"]
     stages += [f"step_{i}" for i in range(steps)] + ["decoded"]
     errors = {name: relative_error(ours[name], ref[name]) for name in stages}
     worst = {name: e for name, e in errors.items() if e > DIFFUSION_TOLERANCE}
@@ -149,6 +154,15 @@ def test_final_image_matches_the_reference(case: dict[str, Any]) -> None:
         # Both keep the grey input's tones: ours exactly in linear light, the reference's YUV luma.
         grey = image_ops.to_grey(final)[0, 0]
         assert (grey - inputs["image"][..., 0]).abs().max() <= 1e-5
+
+
+def test_sdxl_size_ids_are_the_processed_image_size(case: dict[str, Any]) -> None:
+    """[H, W, 0, 0, H, W] of the processed image, for the negative prompt too (the reference's)."""
+    if not case["name"].startswith("sdxl"):
+        pytest.skip("SD1.5 has no size conditions")
+    h, w = case["meta"]["plan"]["process_size"]
+    want = torch.tensor([[h, w, 0, 0, h, w]] * 2, dtype=torch.float32)
+    assert torch.equal(case["ours"]["time_ids"], want) and torch.equal(case["ref"]["time_ids"], want)
 
 
 def test_reference_recorded_on_its_pinned_versions(case: dict[str, Any]) -> None:

@@ -41,9 +41,19 @@ The whole-pipeline fixtures of ``tests/test_pipeline_parity.py`` are made the sa
 
 See :func:`record_pipeline` for the shims that step applies and why.
 
-PASD-SDXL's fixtures (``write-weights`` also writes its tiny weights, ``tests/fixtures/reference/sdxl``)
-need the reference environment only, without basicsr: module outputs and the full-width key and
-shape inventory (``tests/test_reference_parity.py``, ``tests/test_inventory.py``)::
+PASD-SDXL's whole-pipeline fixtures (the reference's ``pipeline_pasd_sdxl.py``, called as its
+``test_pasd_sdxl.py`` calls it) are made in the same two steps, their cases beside the SD1.5 ones::
+
+    python tools/make_reference_fixtures.py write-sdxl-pipeline tests/fixtures/reference_pipeline
+    python tools/make_reference_fixtures.py record-sdxl-pipeline tests/fixtures/reference_pipeline \
+        --pasd-repo ~/src/PASD [--pasd-commit SHA]
+
+See :func:`record_sdxl_pipeline` for what is recorded.
+
+PASD-SDXL's module fixtures (``write-weights`` also writes its tiny weights,
+``tests/fixtures/reference/sdxl``) need the reference environment only, without basicsr: module
+outputs and the full-width key and shape inventory (``tests/test_reference_parity.py``,
+``tests/test_inventory.py``)::
 
     python tools/make_reference_fixtures.py record-sdxl tests/fixtures/reference --pasd-repo ~/src/PASD
 """
@@ -192,15 +202,30 @@ def record(out: Path, pasd_repo: Path, basicsr_src: Path) -> None:
     record_inventories(out)
 
 
+def _plain_configs() -> types.ModuleType:
+    """``backend/models/pasd/configs.py`` (plain data) without importing our package, whose modules need
+    a newer diffusers than the reference's: its parent packages are registered as bare namespaces."""
+    root = Path(__file__).resolve().parents[1] / "backend"
+    for name, folder in (
+        ("backend", root),
+        ("backend.models", root / "models"),
+        ("backend.models.pasd", root / "models" / "pasd"),
+        ("backend.models.sdxl", root / "models" / "sdxl"),
+    ):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [str(folder)]
+            sys.modules[name] = package
+    configs = importlib.import_module("backend.models.pasd.configs")
+    configs.SD15_UNET_CONFIG = importlib.import_module("backend.models.sd15").SD15_UNET_CONFIG
+    return configs
+
+
 def record_inventories(out: Path) -> None:
     import torch
 
-    # sd15.py is plain data: load it by path, since our package itself needs a newer diffusers.
-    path = Path(__file__).resolve().parents[1] / "backend" / "models" / "sd15.py"
-    spec = importlib.util.spec_from_file_location("sd15", path)
-    sd15 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sd15)
-    SD15_UNET_CONFIG, sd15_controlnet_config = sd15.SD15_UNET_CONFIG, sd15.sd15_controlnet_config
+    configs = _plain_configs()
+    SD15_UNET_CONFIG, sd15_controlnet_config = configs.SD15_UNET_CONFIG, configs.sd15_controlnet_config
 
     unet_cfg = {k: v for k, v in SD15_UNET_CONFIG.items() if not k.startswith("_")}
     inventories = {}
@@ -303,17 +328,14 @@ def record_sdxl(out: Path, pasd_repo: Path) -> None:
 def record_sdxl_inventory(out: Path) -> None:
     """Keys and shapes of the reference PASD-SDXL UNet and ControlNet at full width (meta device).
 
-    PASD-SDXL uses the full (non-light) classes with SDXL's config (``backend/models/sdxl.py``, plain
-    data, loaded by path). Call after :func:`_rrdb_free_shims`.
+    PASD-SDXL uses the full (non-light) classes with SDXL's config (``backend/models/pasd/configs.py``,
+    plain data, see :func:`_plain_configs`). Call after :func:`_rrdb_free_shims`.
     """
     import inspect
 
     import torch
 
-    path = Path(__file__).resolve().parents[1] / "backend" / "models" / "sdxl.py"
-    spec = importlib.util.spec_from_file_location("sdxl", path)
-    sdxl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sdxl)
+    sdxl = _plain_configs()
 
     def accepted(cls, cfg: dict[str, Any]) -> dict[str, Any]:
         params = set(inspect.signature(cls.__init__).parameters)
@@ -356,13 +378,37 @@ PIPELINE_STEPS = 4
 REFERENCE_VAE_TILES = {"encoder_tile_size": 1024, "decoder_tile_size": 224}
 REFERENCE_LATENT_TILE = {"latent_tiled_size": 320, "latent_tiled_overlap": 8}
 
+# The cases of the PASD-SDXL pipeline fixtures, at the same sizes (one 8×10 latent tile, the VAE
+# untiled). test_pasd_sdxl.py's defaults: conditioning scale 0.8, guidance 7.0; the mask case reuses
+# sdxl_upscale's model.
+SDXL_PIPELINE_CASES: dict[str, dict[str, Any]] = {
+    "sdxl_upscale": {
+        "model": "sdxl_upscale",
+        "variant": "sdxl",
+        "task": "upscale",
+        "fidelity_bg": 0.8,
+        "guidance": 7.0,
+    },
+    "sdxl_mask": {
+        "model": "sdxl_upscale",
+        "variant": "sdxl",
+        "task": "upscale",
+        "mask": True,
+        "fidelity_fg": 1.2,
+        "fidelity_bg": 0.6,
+        "guidance": 7.0,
+    },
+}
+# test_pasd_sdxl.py's latent tile (it never inits the tiled VAE); 8×10 latents are one tile
+REFERENCE_SDXL_LATENT_TILE = {"latent_tiled_size": 180, "latent_tiled_overlap": 8}
 
-def _pipeline_inputs(name: str, task: str, with_mask: bool):
+
+def _pipeline_inputs(name: str, task: str, with_mask: bool, cases: dict[str, dict[str, Any]]):
     """Seeded 8-bit values as float32 (so the reference's 8-bit views of them are exact), and a
-    feathered disc as the soft mask."""
+    feathered disc as the soft mask. The seed is the case's place in its own table (``cases``)."""
     import numpy as np
 
-    rng = np.random.default_rng(SEED + sorted(PIPELINE_CASES).index(name))
+    rng = np.random.default_rng(SEED + sorted(cases).index(name))
     h, w = PIPELINE_OUTPUT if task == "colorize" else (PIPELINE_OUTPUT[0] // 2, PIPELINE_OUTPUT[1] // 2)
     channels = 1 if task == "colorize" else 3
     image = (rng.integers(0, 256, size=(h, w, channels)).astype(np.float32) / np.float32(255)).astype(
@@ -378,19 +424,38 @@ def _pipeline_inputs(name: str, task: str, with_mask: bool):
 
 def write_pipeline_weights(out: Path) -> None:
     """Our side of the pipeline fixtures: tiny models, inputs, and what our engine feeds its pipeline."""
+    _write_pipeline_cases(out, PIPELINE_CASES, seed=200)
+
+
+def write_sdxl_pipeline(out: Path) -> None:
+    """Our side of the PASD-SDXL pipeline fixtures (:data:`SDXL_PIPELINE_CASES`), as
+    :func:`write_pipeline_weights` does for SD1.5: the tiny PASD-SDXL model (SDXL base's two text
+    encoders and tokenizers, VAE and Euler scheduler beside the PASD ``unet/`` and ``controlnet/``), the
+    inputs, and what our engine feeds its pipeline."""
+    _write_pipeline_cases(out, SDXL_PIPELINE_CASES, seed=300)
+
+
+def _write_pipeline_cases(out: Path, cases: dict[str, dict[str, Any]], seed: int) -> None:
+    """Each case's tiny model (a case that names another case's model reuses it) and its inputs."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from backend.models.tiny import write_tiny_model
 
-    for i, (name, case) in enumerate(PIPELINE_CASES.items()):
+    for i, (name, case) in enumerate(cases.items()):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         if case["model"] == name:
-            write_tiny_model(folder / "model", case["variant"], seed=200 + i)
-        _write_pipeline_case(out, name, case)
+            write_tiny_model(folder / "model", case["variant"], seed=seed + i)
+        _write_pipeline_case(out, name, case, cases)
         print("wrote", folder)
 
 
-def _write_pipeline_case(out: Path, name: str, case: dict[str, Any]) -> None:
+def _write_pipeline_case(
+    out: Path, name: str, case: dict[str, Any], cases: dict[str, dict[str, Any]]
+) -> None:
+    """Run our engine on the case's inputs and keep what it feeds its pipeline (``trace``): the
+    pre-scaled image ``cond`` and, with a mask, the fidelity map ``scale_map``; the prompts it built go
+    to ``metadata.json``. The reference is then run on exactly these, so the pre-scaling filter and
+    the prompt assembly are out of the comparison."""
     import diffusers
     import torch
     from safetensors.torch import save_file
@@ -399,14 +464,14 @@ def _write_pipeline_case(out: Path, name: str, case: dict[str, Any]) -> None:
     from backend.pipelines.params import RestoreParams
 
     folder = out / name
-    image, mask = _pipeline_inputs(name, case["task"], case.get("mask", False))
+    image, mask = _pipeline_inputs(name, case["task"], case.get("mask", False), cases)
     colorize = case["task"] == "colorize"
     params = RestoreParams(
         task=case["task"],
         scale=1.0 if colorize else 2.0,
         prompt="a house" if colorize else "old photo",
         steps=PIPELINE_STEPS,
-        guidance=7.5,
+        guidance=case.get("guidance", 7.5),
         seed=SEED,
         fidelity_fg=case.get("fidelity_fg", 1.0),
         fidelity_bg=case.get("fidelity_bg", 1.0),
@@ -533,6 +598,22 @@ def record_pipeline(out: Path, pasd_repo: Path, commit: str | None) -> None:
       ``color_fixed``, which is also ``final`` (the output size is the fed image's, so the reference's
       final resize is the identity).
     """
+    versions = _reference_setup(
+        pasd_repo, commit, "pasd/pipelines/pipeline_pasd.py StableDiffusionControlNetPipeline"
+    )
+    _record_cases(out, PIPELINE_CASES, versions, _record_pipeline_case, U8_NOTE)
+
+
+U8_NOTE = (
+    "color_fixed_u8 / final_u8 are the reference's own 8-bit images (the pipeline's PIL "
+    "output, the colour fix with its to_pil_image truncation, cv2's YUV transfer); color_fixed / "
+    "final are the float colour fix before that conversion"
+)
+
+
+def _reference_setup(pasd_repo: Path, commit: str | None, pipeline: str) -> dict[str, str]:
+    """What both pipeline recorders need before importing the reference (the torchvision stand-in, the
+    ``unet_2d_blocks`` alias, the checkout on ``sys.path``); returns the versions block of the metadata."""
     import diffusers
     import huggingface_hub
     import torch
@@ -543,35 +624,44 @@ def record_pipeline(out: Path, pasd_repo: Path, commit: str | None) -> None:
 
     sys.modules["diffusers.models.transformers.unet_2d_blocks"] = blocks
     sys.path.insert(0, str(pasd_repo))
-    versions = {
+    return {
         "repository": "github.com/yangxy/PASD",
         "commit": _commit(pasd_repo, commit),
-        "pipeline": "pasd/pipelines/pipeline_pasd.py StableDiffusionControlNetPipeline",
+        "pipeline": pipeline,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "huggingface_hub": huggingface_hub.__version__,
         "torchvision": "stand-in" if sys.modules["torchvision"].__spec__.origin is None else "installed",
     }
-    for name, case in PIPELINE_CASES.items():
-        stages, timesteps = _record_pipeline_case(out / name, case)
+
+
+def _record_cases(
+    out: Path,
+    cases: dict[str, dict[str, Any]],
+    versions: dict[str, str],
+    record_case: Any,
+    u8_note: str,
+) -> None:
+    """Record each case with ``record_case(folder, case) -> (stages, facts)`` and add the ``reference``
+    block (versions, the case's facts such as its timesteps, the stage names) to its metadata."""
+    for name, case in cases.items():
+        stages, facts = record_case(out / name, case)
         print("recorded", name, sorted(stages))
         meta = json.loads((out / name / "metadata.json").read_text())
-        meta["reference"] = {
-            **versions,
-            "timesteps": timesteps,
-            "stages": sorted(stages),
-            "u8": "color_fixed_u8 / final_u8 are the reference's own 8-bit images (the pipeline's PIL "
-            "output, the colour fix with its to_pil_image truncation, cv2's YUV transfer); color_fixed / "
-            "final are the float colour fix before that conversion",
-        }
+        meta["reference"] = {**versions, **facts, "stages": sorted(stages), "u8": u8_note}
         (out / name / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _spy(obj: Any, attr: str, seen: Any) -> Any:
-    """Replace ``obj.attr`` by a call that hands its result to ``seen``; returns the original."""
+    """Replace ``obj.attr`` by a call that hands its result to ``seen``; returns the original. The
+    replacement keeps the original's signature (``functools.wraps``): pipelines inspect it, e.g. whether
+    ``scheduler.step`` takes a ``generator``."""
+    import functools
+
     original = getattr(obj, attr)
 
+    @functools.wraps(original)
     def spied(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
         seen(result)
@@ -581,7 +671,7 @@ def _spy(obj: Any, attr: str, seen: Any) -> Any:
     return original
 
 
-def _record_pipeline_case(folder: Path, case: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+def _record_pipeline_case(folder: Path, case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     from argparse import Namespace
 
     import accelerate.utils
@@ -590,9 +680,7 @@ def _record_pipeline_case(folder: Path, case: dict[str, Any]) -> tuple[dict[str,
     import pasd.pipelines.pipeline_pasd as pipeline_module
     import PIL.Image
     import torch
-    import torch.nn.functional as F
     from diffusers import AutoencoderKL, UniPCMultistepScheduler
-    from pasd.myutils.wavelet_color_fix import wavelet_color_fix, wavelet_reconstruction
     from safetensors.torch import load_file, save_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -659,28 +747,8 @@ def _record_pipeline_case(folder: Path, case: dict[str, Any]) -> tuple[dict[str,
 
     scheduler.add_noise = add_noise_as_in_0_21_4
 
-    postprocess = pipe.image_processor.postprocess
-
-    def postprocess_kept(image: torch.Tensor, output_type: str = "pil", do_denormalize: Any = None) -> Any:
-        keep("decoded", postprocess(image, output_type="pt", do_denormalize=do_denormalize))
-        return postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
-
-    pipe.image_processor.postprocess = postprocess_kept
-
-    conditioning_scale = meta["conditioning_scale"]
-    if conditioning_scale is None:
-        scale_map = inputs["scale_map"]
-        controlnet_forward = controlnet.forward
-
-        def forward_with_map(*args: Any, **kwargs: Any) -> Any:
-            assert kwargs.get("return_dict") is False
-            rgbs, down, mid = controlnet_forward(*args, **kwargs)
-            down = [d * F.adaptive_avg_pool2d(scale_map, d.shape[-2:]) for d in down]
-            mid = mid * F.adaptive_avg_pool2d(scale_map, mid.shape[-2:])
-            return rgbs, down, mid
-
-        controlnet.forward = forward_with_map
-        conditioning_scale = 1.0
+    _keep_decoded(pipe, keep)
+    conditioning_scale = _conditioning_scale(controlnet, meta, inputs)
 
     args = Namespace(
         init_latent_with_noise=False,
@@ -709,16 +777,8 @@ def _record_pipeline_case(folder: Path, case: dict[str, Any]) -> tuple[dict[str,
         raise SystemExit(f"{folder.name}: unexpected draws {len(draws)} / add_noise calls {add_noise_calls}")
     stages["noise"], stages["added_noise"] = draws
 
-    height, width = meta["plan"]["output_size"]
     if case["task"] == "upscale":
-        fixed_float = wavelet_reconstruction(stages["decoded"], cond).clamp_(0.0, 1.0)
-        stages["color_fixed"] = fixed_float
-        stages["final"] = fixed_float.clone()
-        u8 = (cond[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        fixed = wavelet_color_fix(image, PIL.Image.fromarray(u8))  # test_pasd.py's image is 8-bit
-        assert fixed.size == (width, height)  # so test_pasd.py's resize to ori×rscale is the identity
-        stages["color_fixed_u8"] = torch.from_numpy(np.asarray(fixed).copy())
-        stages["final_u8"] = torch.from_numpy(np.asarray(fixed.resize((width, height))).copy())
+        _upscale_color_fix(stages, image, cond, meta["plan"]["output_size"])
     else:
         grey_u8 = (inputs["image"][..., 0].numpy() * 255).round().astype(np.uint8)
         orig_img = PIL.Image.fromarray(grey_u8).convert("L").convert("RGB")
@@ -733,7 +793,257 @@ def _record_pipeline_case(folder: Path, case: dict[str, Any]) -> tuple[dict[str,
         np_image = cv2.cvtColor(hires, cv2.COLOR_YUV2BGR)
         stages["final_u8"] = torch.from_numpy(np.ascontiguousarray(np_image[:, :, ::-1]))
     save_file({k: v.contiguous() for k, v in stages.items()}, str(folder / "outputs.safetensors"))
-    return stages, [int(t) for t in scheduler.timesteps]
+    return stages, {"timesteps": [int(t) for t in scheduler.timesteps]}
+
+
+def _strict_text_encoder(cls: Any, model: Path, subfolder: str) -> Any:
+    """transformers' ``from_pretrained``, refusing what it only warns about: keys it did not use or did
+    not find (a file written under other key names would leave the encoder silently random)."""
+    encoder, info = cls.from_pretrained(str(model), subfolder=subfolder, output_loading_info=True)
+    bad = {k: list(info[k])[:5] for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info[k]}
+    if bad:
+        raise SystemExit(f"{model / subfolder}: reference keys differ: {bad}")
+    return encoder.eval()
+
+
+def _keep_decoded(pipe: Any, keep: Any) -> None:
+    """Also run the pipeline's ``image_processor.postprocess`` with ``output_type="pt"`` and keep that as
+    ``decoded``: the float image (denormalised, clamped to [0, 1]) before the 8-bit PIL conversion."""
+    postprocess = pipe.image_processor.postprocess
+
+    def postprocess_kept(image: Any, output_type: str = "pil", do_denormalize: Any = None) -> Any:
+        keep("decoded", postprocess(image, output_type="pt", do_denormalize=do_denormalize))
+        return postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
+
+    pipe.image_processor.postprocess = postprocess_kept
+
+
+def _conditioning_scale(controlnet: Any, meta: dict[str, Any], inputs: dict[str, Any]) -> float:
+    """The scale to call the pipeline with. With a fidelity map (``conditioning_scale`` null) the
+    reference ControlNet, which takes only a scalar, gets its ``forward`` wrapped to multiply every
+    residual by the map area-averaged to the residual's size (what our ControlNet does with a map), and
+    the scale is 1.0."""
+    import torch.nn.functional as F
+
+    if meta["conditioning_scale"] is not None:
+        return meta["conditioning_scale"]
+    scale_map = inputs["scale_map"]
+    controlnet_forward = controlnet.forward
+
+    def forward_with_map(*args: Any, **kwargs: Any) -> Any:
+        assert kwargs.get("return_dict") is False
+        rgbs, down, mid = controlnet_forward(*args, **kwargs)
+        down = [d * F.adaptive_avg_pool2d(scale_map, d.shape[-2:]) for d in down]
+        mid = mid * F.adaptive_avg_pool2d(scale_map, mid.shape[-2:])
+        return rgbs, down, mid
+
+    controlnet.forward = forward_with_map
+    return 1.0
+
+
+def _upscale_color_fix(stages: dict[str, Any], image: Any, cond: Any, output_size: list[int]) -> None:
+    """The upscale scripts' post-processing after the pipeline: ``wavelet_color_fix`` of the 8-bit output
+    against the fed image (8-bit in the scripts) → ``color_fixed_u8`` / ``final_u8``, the final resize to
+    the output size being the identity here; and the same colour fix on the float ``decoded`` image,
+    clamped to [0, 1] as ``wavelet_color_fix`` does before its 8-bit conversion → ``color_fixed`` /
+    ``final``."""
+    import numpy as np
+    import PIL.Image
+    import torch
+    from pasd.myutils.wavelet_color_fix import wavelet_color_fix, wavelet_reconstruction
+
+    height, width = output_size
+    fixed_float = wavelet_reconstruction(stages["decoded"], cond).clamp_(0.0, 1.0)
+    stages["color_fixed"] = fixed_float
+    stages["final"] = fixed_float.clone()
+    u8 = (cond[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    fixed = wavelet_color_fix(image, PIL.Image.fromarray(u8))
+    assert fixed.size == (width, height)  # so the scripts' resize to ori×rscale is the identity
+    stages["color_fixed_u8"] = torch.from_numpy(np.asarray(fixed).copy())
+    stages["final_u8"] = torch.from_numpy(np.asarray(fixed.resize((width, height))).copy())
+
+
+def record_sdxl_pipeline(out: Path, pasd_repo: Path, commit: str | None) -> None:
+    """Run the reference PASD-SDXL pipeline on each :data:`SDXL_PIPELINE_CASES` case and record its stages.
+
+    ``pasd/pipelines/pipeline_pasd_sdxl.py`` (``StableDiffusionXLControlNetPipeline``) is built and called
+    as ``test_pasd_sdxl.py`` does: the full PASD classes, ``CLIPTextModel`` + ``CLIPTextModelWithProjection``
+    and their tokenizers, the VAE, ``EulerDiscreteScheduler`` from the model's ``scheduler/``, no tiled
+    VAE, latent tile 180 / 8 (one tile here), ``guess_mode=False``, one seeded CPU generator, float32.
+    It is fed what our engine feeds its pipeline: the pre-scaled float image (the control image processor
+    does not normalise, and resizing a tensor to its own size is the identity, so it reaches the
+    ControlNet unchanged; checked) and our prompt strings. Stages, read by wrapping methods of the
+    instances, never by editing the reference's files:
+
+    - the UNet's inputs at the first step → ``prompt_embeds`` ([negative, positive] on the batch axis),
+      ``pooled_prompt_embeds`` (``text_embeds``, [negative, positive]) and ``time_ids`` (as fed:
+      ``[H, W, 0, 0, H, W]`` of the processed image, both halves); at every step, ``model_input_{i}``
+      (the CFG-doubled latents after the Euler ``scale_model_input``) and ``noise_pred_{i}`` (after CFG,
+      as given to ``scheduler.step``); the ControlNet's inputs are checked to be the UNet's at every step
+      (latents, text states, ``text_embeds``, ``time_ids``), its conditioning image kept once as
+      ``controlnet_cond``;
+    - the pipeline module's ``randn_tensor``, drawn exactly once → ``noise``; ``prepare_latents`` →
+      ``start`` (``noise × init_noise_sigma``); ``scheduler.step`` → ``step_{i}``; ``decoded`` as in
+      :func:`record_pipeline`;
+    - ``sdxl_mask``: the fidelity map through the wrapped ControlNet ``forward``, scale 1.0, as for
+      ``upscale_mask``;
+    - after the call, as ``test_pasd_sdxl.py`` goes on (the same as ``test_pasd.py``'s upscale):
+      ``color_fixed`` / ``final`` and ``color_fixed_u8`` / ``final_u8``.
+
+    Euler's ``step`` gets the generator and draws a noise tensor from it at every step, but uses it only
+    when ``s_churn > 0`` (the pipeline never passes it, so it is 0): the draws advance the generator after
+    the start latents were drawn and change nothing. An implementation need not draw them; the count is
+    recorded (``euler_step_draws``) to show they happened and were ignored.
+    """
+    versions = _reference_setup(
+        pasd_repo, commit, "pasd/pipelines/pipeline_pasd_sdxl.py StableDiffusionXLControlNetPipeline"
+    )
+    u8_note = (
+        "color_fixed_u8 / final_u8 are the reference's own 8-bit images (the pipeline's PIL output, the "
+        "colour fix with its to_pil_image truncation); color_fixed / final are the float colour fix "
+        "before that conversion"
+    )
+    _record_cases(out, SDXL_PIPELINE_CASES, versions, _record_sdxl_pipeline_case, u8_note)
+
+
+def _record_sdxl_pipeline_case(folder: Path, case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import functools
+    from argparse import Namespace
+
+    import accelerate.utils
+    import diffusers.schedulers.scheduling_euler_discrete as euler_module
+    import pasd.pipelines.pipeline_pasd_sdxl as pipeline_module
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    meta = json.loads((folder / "metadata.json").read_text())
+    inputs = load_file(str(folder / "inputs.safetensors"))
+    params = meta["params"]
+    model = (folder / meta["model"]).resolve()
+    unet_cls, cn_cls = _reference_classes("full")  # PASD-SDXL is released with the full classes only
+    unet = _strict_load(unet_cls, model / "unet")
+    controlnet = _strict_load(cn_cls, model / "controlnet")
+    scheduler = EulerDiscreteScheduler.from_pretrained(str(model), subfolder="scheduler")
+    text_encoder = _strict_text_encoder(CLIPTextModel, model, "text_encoder")
+    text_encoder_2 = _strict_text_encoder(CLIPTextModelWithProjection, model, "text_encoder_2")
+    # test_pasd_sdxl.py: AutoTokenizer(use_fast=False), i.e. the slow CLIPTokenizer
+    tokenizer = CLIPTokenizer.from_pretrained(str(model), subfolder="tokenizer")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(model), subfolder="tokenizer_2")
+    vae = AutoencoderKL.from_pretrained(str(model), subfolder="vae")
+    for module in (vae, text_encoder, text_encoder_2, unet, controlnet):
+        module.requires_grad_(False).to("cpu", dtype=torch.float32)
+    pipe = pipeline_module.StableDiffusionXLControlNetPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        controlnet=controlnet,
+        scheduler=scheduler,
+    )
+
+    stages: dict[str, torch.Tensor] = {}
+    draws: list[torch.Tensor] = []
+    euler_draws: list[torch.Tensor] = []
+    unet_calls: list[dict[str, torch.Tensor]] = []
+    controlnet_calls: list[dict[str, torch.Tensor]] = []
+
+    def keep(key: str, value: torch.Tensor) -> None:
+        stages[key] = value.detach().float().cpu().clone()
+
+    def seen_inputs(calls: list[dict[str, torch.Tensor]], forward: Any) -> Any:
+        """``forward``, keeping copies of the inputs the UNet and the ControlNet have in common."""
+
+        @functools.wraps(forward)
+        def forward_seen(sample: torch.Tensor, timestep: torch.Tensor, **kwargs: Any) -> Any:
+            added = kwargs["added_cond_kwargs"]
+            seen = {
+                "sample": sample,
+                "timestep": torch.as_tensor(timestep),
+                "text": kwargs["encoder_hidden_states"],
+                "text_embeds": added["text_embeds"],
+                "time_ids": added["time_ids"],
+            }
+            if "controlnet_cond" in kwargs:
+                seen["cond"] = kwargs["controlnet_cond"]
+            calls.append({k: v.detach().clone() for k, v in seen.items()})
+            return forward(sample, timestep, **kwargs)
+
+        return forward_seen
+
+    _spy(pipe, "prepare_latents", lambda r: keep("start", r))
+    _spy(scheduler, "step", lambda r: keep(f"step_{sum(k.startswith('step_') for k in stages)}", r[0]))
+    step = scheduler.step
+    step_generators: list[Any] = []
+
+    @functools.wraps(step)
+    def step_seen(model_output: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        keep(f"noise_pred_{sum(k.startswith('noise_pred_') for k in stages)}", model_output)
+        step_generators.append(kwargs.get("generator"))
+        return step(model_output, *args, **kwargs)
+
+    scheduler.step = step_seen
+    randn_tensor = _spy(pipeline_module, "randn_tensor", lambda r: draws.append(r.detach().float().clone()))
+    euler_randn = _spy(euler_module, "randn_tensor", euler_draws.append)
+    _keep_decoded(pipe, keep)
+    conditioning_scale = _conditioning_scale(controlnet, meta, inputs)
+    # outermost, so what is kept is the call's own arguments
+    unet.forward = seen_inputs(unet_calls, unet.forward)
+    controlnet.forward = seen_inputs(controlnet_calls, controlnet.forward)
+
+    args = Namespace(**REFERENCE_SDXL_LATENT_TILE)
+    accelerate.utils.set_seed(params["seed"])
+    generator = torch.Generator(device="cpu").manual_seed(params["seed"])
+    cond = inputs["cond"]
+    try:
+        image = pipe(
+            args,
+            prompt=meta["prompt"],
+            image=cond,
+            num_inference_steps=params["steps"],
+            generator=generator,
+            guidance_scale=params["guidance"],
+            negative_prompt=meta["negative_prompt"],
+            controlnet_conditioning_scale=float(conditioning_scale),
+            guess_mode=False,
+        ).images[0]
+    finally:
+        pipeline_module.randn_tensor = randn_tensor
+        euler_module.randn_tensor = euler_randn
+
+    steps = params["steps"]
+    if len(draws) != 1 or len(unet_calls) != steps or len(controlnet_calls) != steps:
+        raise SystemExit(
+            f"{folder.name}: {len(draws)} draws, {len(unet_calls)} UNet / {len(controlnet_calls)} ControlNet "
+            f"calls for {steps} steps (tiled, or a changed pipeline?)"
+        )
+    stages["noise"] = draws[0]
+    for i, (u, c) in enumerate(zip(unet_calls, controlnet_calls, strict=True)):
+        for key in ("sample", "timestep", "text", "text_embeds", "time_ids"):
+            if not torch.equal(u[key], c[key]):
+                raise SystemExit(f"{folder.name}: step {i}: the ControlNet's {key} is not the UNet's")
+        keep(f"model_input_{i}", u["sample"])
+    if not all(torch.equal(c["cond"], controlnet_calls[0]["cond"]) for c in controlnet_calls):
+        raise SystemExit(f"{folder.name}: the ControlNet's conditioning image changes between steps")
+    keep("prompt_embeds", unet_calls[0]["text"])
+    keep("pooled_prompt_embeds", unet_calls[0]["text_embeds"])
+    keep("time_ids", unet_calls[0]["time_ids"])
+    keep("controlnet_cond", controlnet_calls[0]["cond"])
+    if not torch.equal(stages["controlnet_cond"], torch.cat([cond, cond])):
+        raise SystemExit(f"{folder.name}: the control image processor changed the conditioning image")
+    _upscale_color_fix(stages, image, cond, meta["plan"]["output_size"])
+    save_file({k: v.contiguous() for k, v in stages.items()}, str(folder / "outputs.safetensors"))
+    return stages, {
+        "timesteps": [float(t) for t in scheduler.timesteps],
+        "sigmas": [float(s) for s in scheduler.sigmas],
+        "init_noise_sigma": float(scheduler.init_noise_sigma),
+        "euler_step_draws": len(euler_draws),
+        "euler_step_generator": all(g is generator for g in step_generators),
+        "controlnet_inputs": "the UNet's at every step (latents, timestep, text, text_embeds, time_ids)",
+    }
 
 
 def main() -> None:
@@ -756,6 +1066,12 @@ def main() -> None:
     rs = sub.add_parser("record-sdxl")
     rs.add_argument("out", type=Path)
     rs.add_argument("--pasd-repo", type=Path, required=True)
+    wsp = sub.add_parser("write-sdxl-pipeline")
+    wsp.add_argument("out", type=Path)
+    rsp = sub.add_parser("record-sdxl-pipeline")
+    rsp.add_argument("out", type=Path)
+    rsp.add_argument("--pasd-repo", type=Path, required=True)
+    rsp.add_argument("--pasd-commit", help="the checkout's commit, when it is not a git work tree")
     args = parser.parse_args()
     if args.command == "write-weights":
         write_weights(args.out)
@@ -765,6 +1081,10 @@ def main() -> None:
         write_pipeline_weights(args.out)
     elif args.command == "record-sdxl":
         record_sdxl(args.out, args.pasd_repo)
+    elif args.command == "write-sdxl-pipeline":
+        write_sdxl_pipeline(args.out)
+    elif args.command == "record-sdxl-pipeline":
+        record_sdxl_pipeline(args.out, args.pasd_repo, args.pasd_commit)
     else:
         record_pipeline(args.out, args.pasd_repo, args.pasd_commit)
 

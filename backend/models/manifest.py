@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .loading import ModelLoadError
+from .registry import FAMILIES, ModelDefaults, model_defaults
 
 MANIFEST_NAME = "pasd_model.json"
 TASKS = ("upscale", "colorize")
@@ -33,7 +35,12 @@ class ModelManifest:
     pasd_dir: str = "."
     scheduler_dir: str = "scheduler"
     base_dir: str = "."
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # more component folders, e.g. ``vae_fp16``
+    overrides: dict[str, Any] = field(default_factory=dict)  # the model's own changes to its defaults
+
+    def defaults(self, task: str) -> ModelDefaults:
+        """What a parameter left unset becomes for this model (its family's, with its own changes)."""
+        return model_defaults(self.family, task, self.overrides)
 
     def resolve(self, root: Path, name: str) -> Path:
         """Absolute folder of a component: ``unet``, ``controlnet``, ``scheduler`` or a base one."""
@@ -41,6 +48,8 @@ class ModelManifest:
             return (root / self.pasd_dir / name).resolve()
         if name == "scheduler":
             return (root / self.scheduler_dir).resolve()
+        if name in self.extra:
+            return (root / self.extra[name]).resolve()
         return (root / self.base_dir / name).resolve()
 
 
@@ -71,4 +80,14 @@ def read_manifest(root: Path) -> ModelManifest:
         or not manifest.tasks
     ):
         raise ModelLoadError(f"{path}: variant must be full|light and tasks a non-empty subset of {TASKS}")
+    if manifest.family not in FAMILIES:
+        raise ModelLoadError(
+            f"{path}: unknown model family {manifest.family!r} (this version knows {', '.join(FAMILIES)}); "
+            "a newer version of the backend may be needed"
+        )
+    for task in manifest.tasks:
+        try:
+            manifest.defaults(task)
+        except (KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{path}: no defaults for {task}: {exc}") from exc
     return manifest

@@ -4,15 +4,18 @@ PASD checkpoints hold only ``unet/`` and ``controlnet/`` (plus ``scaler.pt``, ac
 state, a pickle that is never fetched); the text encoder, tokenizer, VAE and scheduler come from
 Stable Diffusion 1.5 (the ``sd15`` entry), which every PASD entry requires. The colour model is
 ``pasd_light_color/`` on the hub (``runs/pasd_color`` is only the upstream README's local name) and
-brings its own zero-terminal-SNR scheduler. Sizes are the float32 safetensors sizes of the listed
-files (parameters × 4 bytes, rounded). ``blip`` is the optional captioner that writes automatic
-prompt words; it stands alone. Standard library only: the installer reads this file before the
-backend's environment exists.
+brings its own zero-terminal-SNR scheduler. PASD-SDXL (``checkpoint-200000/`` of its own repository)
+needs SDXL base's components (``sdxl``) and, for float16 on GPUs, the fp16-fix VAE (``sdxl-vae-fp16``).
+Each restoration entry names its family (``FAMILIES``: base components, defaults per task). Sizes are
+the float32 safetensors sizes of the listed files (parameters × 4 bytes, rounded). ``blip`` is the
+optional captioner that writes automatic prompt words; it stands alone. Standard library only: the
+installer reads this file before the backend's environment exists.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 HF_URL = "https://huggingface.co"
 PASD_REPO = "yangtao9009/PASD"
@@ -27,6 +30,95 @@ _UNET_LIGHT_BYTES = 888_218_884 * 4
 _CONTROLNET_BYTES = 361_289_497 * 4
 _CONTROLNET_RRDB_BYTES = 361_497_337 * 4
 _BLIP_BYTES = 247_444_600 * 4  # the official file stores the tied LM head as its own tensor
+# PASD-SDXL: parameters of the full-width UNet and ControlNet (tests/fixtures/reference/sdxl_inventory.json)
+# × 4 bytes; the hub's dtype is not confirmed, so this is the float32 upper bound.
+_SDXL_UNET_BYTES = 3_602_260_164 * 4
+_SDXL_CONTROLNET_BYTES = 1_251_024_537 * 4
+PASD_SDXL_REPO = "yangtao9009/PASD-SDXL"
+SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_LICENCE = "CreativeML Open RAIL++-M (Stable Diffusion XL 1.0)"
+SDXL_VAE_FP16_REPO = "madebyollin/sdxl-vae-fp16-fix"
+SDXL_VAE_FP16_LICENCE = "MIT (SDXL-VAE-FP16-Fix, madebyollin)"
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model runs with when a parameter is left unset (``None``): its authors' inference settings."""
+
+    steps: int
+    guidance: float
+    fidelity: float  # the ControlNet conditioning scale, inside and outside a selection
+    process_size: int  # pixels on the short side the diffusion works at
+    scheduler: str  # "unipc" | "euler"
+    quality_prompt: str
+    negative_prompt: str
+    added_noise_level: int | None = None  # PASD-SD1.5's noised start; None: the family starts from noise
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: one pipeline module runs every model of it (``backend/pipelines/<pipeline>.py``)."""
+
+    id: str
+    title: str
+    base: str  # the registry id of its base components
+    defaults: dict[str, ModelDefaults]  # per task
+    gpu_memory_gb: float  # roughly what a 2× upscale of a 1 MP photo needs in fp16, tiles automatic
+    note: str = ""
+
+
+# The reference inference's defaults (github.com/yangxy/PASD test_pasd.py and test_pasd_sdxl.py). For
+# colorization the reference adds no quality words and uses only "b&w, color bleeding" as the negative
+# prompt (and turns "black and white" in captions into "color": prompt.colorize_words).
+_PASD_UPSCALE = ModelDefaults(
+    steps=20,
+    guidance=7.5,
+    fidelity=1.0,
+    process_size=768,
+    scheduler="unipc",
+    quality_prompt="clean, high-resolution, 8k",
+    negative_prompt="blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed",
+    added_noise_level=900,
+)
+FAMILIES: dict[str, Family] = {
+    family.id: family
+    for family in (
+        Family(
+            id="pasd",
+            title="PASD on Stable Diffusion 1.5",
+            base="sd15",
+            defaults={
+                "upscale": _PASD_UPSCALE,
+                "colorize": replace(_PASD_UPSCALE, quality_prompt="", negative_prompt="b&w, color bleeding"),
+            },
+            gpu_memory_gb=4.0,
+        ),
+        Family(
+            id="pasd-sdxl",
+            title="PASD on Stable Diffusion XL",
+            base="sdxl",
+            defaults={
+                "upscale": ModelDefaults(
+                    steps=25,
+                    guidance=7.0,
+                    fidelity=0.8,
+                    process_size=1280,
+                    scheduler="euler",
+                    quality_prompt="photorealistic, clean, high-resolution, 8k",
+                    negative_prompt=(
+                        "blurry, dirty, messy, frames, deformed, dotted, noise, raster lines, unclear, "
+                        "lowres, over-smoothed, painting, ai generated"
+                    ),
+                )
+            },
+            gpu_memory_gb=12.0,
+            note="no colour model exists for SDXL: colorize with pasd-color",
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -46,10 +138,29 @@ class ModelSpec:
     use_rrdb: bool = False
     requires: tuple[str, ...] = ()
     revision: str = "main"
+    family: str | None = None  # FAMILIES key for restoration models, None for components
+    overrides: dict[str, Any] = field(default_factory=dict)  # this model's own ModelDefaults changes
+
+    def defaults(self, task: str) -> ModelDefaults:
+        """The defaults this model runs ``task`` with: its family's, with its own changes."""
+        return model_defaults(self.family or "pasd", task, self.overrides)
 
     @property
     def url(self) -> str:
         return f"{HF_URL}/{self.repo}"
+
+
+def model_defaults(family: str, task: str, overrides: dict[str, Any] | None = None) -> ModelDefaults:
+    """A family's defaults for a task, with a model's own changes; KeyError names what is unknown."""
+    try:
+        known = FAMILIES[family]
+    except KeyError:
+        raise KeyError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}") from None
+    try:
+        defaults = known.defaults[task]
+    except KeyError:
+        raise KeyError(f"{known.title} does not do {task}") from None
+    return replace(defaults, **(overrides or {}))
 
 
 def _pasd_files(subfolder: str) -> tuple[str, ...]:
@@ -87,6 +198,7 @@ def _pasd(
         scheduler_subfolder=scheduler_subfolder,
         use_rrdb=use_rrdb,
         requires=("sd15",),
+        family="pasd",
     )
 
 
@@ -124,6 +236,54 @@ REGISTRY: dict[str, ModelSpec] = {
             "light",
             ("colorize",),
             scheduler_subfolder="pasd_light_color/scheduler",
+        ),
+        ModelSpec(
+            id="pasd-sdxl",
+            title="PASD-SDXL (the authors' newer, stronger model; needs a big GPU)",
+            repo=PASD_SDXL_REPO,
+            files=_pasd_files("checkpoint-200000"),
+            licence=f"{PASD_LICENCE}; its SDXL base is under {SDXL_LICENCE}",
+            size_bytes=_SDXL_UNET_BYTES + _SDXL_CONTROLNET_BYTES,
+            tasks=("upscale",),
+            variant="full",
+            subfolder="checkpoint-200000",
+            requires=("sdxl", "sdxl-vae-fp16"),
+            family="pasd-sdxl",
+        ),
+        ModelSpec(
+            id="sdxl",
+            title="Stable Diffusion XL base components (two text encoders, tokenizers, VAE, scheduler)",
+            repo=SDXL_REPO,
+            files=(
+                "model_index.json",
+                "text_encoder/config.json",
+                "text_encoder/model.safetensors",
+                "text_encoder_2/config.json",
+                "text_encoder_2/model.safetensors",
+                *(
+                    f"{folder}/{name}"
+                    for folder in ("tokenizer", "tokenizer_2")
+                    for name in (
+                        "merges.txt",
+                        "special_tokens_map.json",
+                        "tokenizer_config.json",
+                        "vocab.json",
+                    )
+                ),
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors",
+                "scheduler/scheduler_config.json",
+            ),
+            licence=SDXL_LICENCE,
+            size_bytes=(123_060_480 + 694_659_840 + 83_653_863) * 4,
+        ),
+        ModelSpec(
+            id="sdxl-vae-fp16",
+            title="SDXL VAE that does not overflow in float16 (used on GPUs in half precision)",
+            repo=SDXL_VAE_FP16_REPO,
+            files=("config.json", "diffusion_pytorch_model.safetensors"),
+            licence=SDXL_VAE_FP16_LICENCE,
+            size_bytes=83_653_863 * 4,
         ),
         ModelSpec(
             id="sd15",
@@ -191,3 +351,7 @@ def with_requirements(model_id: str) -> list[ModelSpec]:
     """The model and everything it needs, requirements first."""
     spec = get_spec(model_id)
     return [get_spec(r) for r in spec.requires] + [spec]
+
+
+def family_of(spec: ModelSpec) -> Family | None:
+    return FAMILIES.get(spec.family) if spec.family else None

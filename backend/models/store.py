@@ -22,7 +22,7 @@ from safetensors import safe_open
 from ..paths import models_dir as default_models_dir
 from .loading import ModelLoadError
 from .manifest import MANIFEST_NAME, ModelManifest, read_manifest, write_manifest
-from .registry import ModelSpec, accepted_names, get_spec, with_requirements
+from .registry import FAMILIES, ModelSpec, accepted_names, get_spec, with_requirements
 
 # Training state and pickled checkpoints: loading them can run code, and no component needs them.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -142,16 +142,21 @@ def plan_download(spec: ModelSpec, listing: Collection[str]) -> list[str]:
 def _manifest_for(spec: ModelSpec) -> ModelManifest | None:
     if spec.variant is None:
         return None
+    family = spec.family or "pasd"
+    base = FAMILIES[family].base
     return ModelManifest(
         id=spec.id,
         variant=spec.variant,
         tasks=spec.tasks,
+        family=family,
         description=spec.title,
         licence=spec.licence,
         use_rrdb=spec.use_rrdb,
         pasd_dir=spec.subfolder,
-        scheduler_dir=spec.scheduler_subfolder or "../sd15/scheduler",
-        base_dir="../sd15",
+        scheduler_dir=spec.scheduler_subfolder or f"../{base}/scheduler",
+        base_dir=f"../{base}",
+        extra={"vae_fp16": f"../{r}"} if (r := "sdxl-vae-fp16") in spec.requires else {},
+        overrides=dict(spec.overrides),
     )
 
 

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from ..models.registry import ModelDefaults
 
 Task = Literal["upscale", "colorize"]
 TASKS: tuple[Task, ...] = ("upscale", "colorize")
 
-# The reference inference's defaults (PASD test_pasd.py), kept editable. For colorization the
-# reference adds no quality words and uses only "b&w, color bleeding" as the negative prompt (and turns
-# "black and white" in captions into "color": prompt.colorize_words): what the colour model was run with.
-UPSCALE_QUALITY_PROMPT = "clean, high-resolution, 8k"
-UPSCALE_NEGATIVE_PROMPT = "blurry, dotted, noise, raster lines, unclear, lowres, over-smoothed"
-COLORIZE_QUALITY_PROMPT = ""
-COLORIZE_NEGATIVE_PROMPT = "b&w, color bleeding"
-
+# RestoreParams field → the ModelDefaults field it takes when left unset
+_FROM_DEFAULTS = {
+    "steps": "steps",
+    "guidance": "guidance",
+    "fidelity_fg": "fidelity",
+    "fidelity_bg": "fidelity",
+    "process_size": "process_size",
+    "added_noise_level": "added_noise_level",
+    "quality_prompt": "quality_prompt",
+    "negative_prompt": "negative_prompt",
+}
 MIN_TILE = 64  # pixels; below this the UNet's coarsest feature map is a single value
 MAX_SEED = 2**63 - 1
 
@@ -27,7 +33,8 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class RestoreParams:
-    """Every knob of a run. ``None`` means "the task's default" or "choose automatically"."""
+    """Every knob of a run. ``None`` means "the model's default" (its ``ModelDefaults``, see
+    :meth:`resolved`) or "choose automatically" (tiles, seed)."""
 
     task: Task = "upscale"
     scale: float = 2.0
@@ -35,13 +42,13 @@ class RestoreParams:
     auto_prompt: bool = False
     quality_prompt: str | None = None
     negative_prompt: str | None = None
-    steps: int = 20
-    guidance: float = 7.5
+    steps: int | None = None
+    guidance: float | None = None
     seed: int | None = None
-    fidelity_fg: float = 1.0
-    fidelity_bg: float = 1.0
-    process_size: int = 768
-    added_noise_level: int = 900
+    fidelity_fg: float | None = None  # ControlNet scale inside the mask
+    fidelity_bg: float | None = None  # ... and outside it (everywhere without a mask)
+    process_size: int | None = None
+    added_noise_level: int | None = None  # PASD-SD1.5's noised start; families starting from noise ignore it
     color_fix: bool = True
     tile: int | None = None  # diffusion tile, output pixels (multiple of 8); None = from free memory
     tile_overlap: float = 0.25  # fraction of the tile shared with its neighbour
@@ -55,15 +62,14 @@ class RestoreParams:
         if isinstance(self.frame, list):  # from JSON
             object.__setattr__(self, "frame", tuple(self.frame))
 
-    def effective_quality_prompt(self) -> str:
-        if self.quality_prompt is not None:
-            return self.quality_prompt
-        return UPSCALE_QUALITY_PROMPT if self.task == "upscale" else COLORIZE_QUALITY_PROMPT
-
-    def effective_negative_prompt(self) -> str:
-        if self.negative_prompt is not None:
-            return self.negative_prompt
-        return UPSCALE_NEGATIVE_PROMPT if self.task == "upscale" else COLORIZE_NEGATIVE_PROMPT
+    def resolved(self, defaults: ModelDefaults) -> RestoreParams:
+        """Every unset model parameter filled in from the model's defaults (the values a run uses)."""
+        unset = {
+            name: getattr(defaults, source)
+            for name, source in _FROM_DEFAULTS.items()
+            if getattr(self, name) is None
+        }
+        return replace(self, **unset)
 
     def validate(self) -> RestoreParams:
         """Raise ParamsError for the first bad value; returns self so calls can chain."""
@@ -72,14 +78,19 @@ class RestoreParams:
         _number("scale", self.scale, 1.0, 4.0)
         if self.task == "colorize" and self.scale != 1.0:
             raise ParamsError("colorize keeps the image size: scale must be 1")
-        _integer("steps", self.steps, 1, 200)
-        _number("guidance", self.guidance, 0.0, 30.0)
-        _number("fidelity_fg", self.fidelity_fg, 0.0, 2.0)
-        _number("fidelity_bg", self.fidelity_bg, 0.0, 2.0)
-        _integer("process_size", self.process_size, 256, 2048)
-        if self.process_size % 8:
-            raise ParamsError(f"process_size must be a multiple of 8, not {self.process_size}")
-        _integer("added_noise_level", self.added_noise_level, 0, 999)
+        if self.steps is not None:
+            _integer("steps", self.steps, 1, 200)
+        if self.guidance is not None:
+            _number("guidance", self.guidance, 0.0, 30.0)
+        for name in ("fidelity_fg", "fidelity_bg"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), 0.0, 2.0)
+        if self.process_size is not None:
+            _integer("process_size", self.process_size, 256, 2048)
+            if self.process_size % 8:
+                raise ParamsError(f"process_size must be a multiple of 8, not {self.process_size}")
+        if self.added_noise_level is not None:
+            _integer("added_noise_level", self.added_noise_level, 0, 999)
         _number("tile_overlap", self.tile_overlap, 0.0, 0.5)
         for name in ("tile", "vae_tile"):
             value = getattr(self, name)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from diffusers import AutoencoderKL, UniPCMultistepScheduler
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, SchedulerMixin, UniPCMultistepScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..devices import DeviceChoice
@@ -25,74 +23,35 @@ from ..image_ops import area_resize
 from ..models.loading import ModelLoadError
 from ..models.pasd import PasdControlNetModel, PasdUNet2DConditionModel
 from ..models.store import InstalledModel
+from .base import (
+    CancelFn,
+    DenoiseTiling,
+    NoiseAnchor,
+    PreviewFn,
+    ProgressFn,
+    TextConditioning,
+    TraceFn,
+    emit,
+    no_cancel,
+    no_progress,
+)
 from .preview import LatentPreview
 from .tiled_vae import VaeTiling, tiled_decode, tiled_encode
 from .tiling import Tile, blend_weights, plan_tiles
 
-ProgressFn = Callable[[str, int, int], None]
-CancelFn = Callable[[], None]
-PreviewFn = Callable[[np.ndarray], None]
-# Receives named intermediate tensors (float32 copies on the CPU) of one run, for comparing the stages
-# with the reference implementation; see :meth:`PasdPipeline.__call__` for the names.
-TraceFn = Callable[[str, torch.Tensor], None]
-
-
-def _no_progress(stage: str, step: int, total: int) -> None:
-    return None
-
-
-def _no_cancel() -> None:
-    return None
-
-
-def emit(trace: TraceFn | None, name: str, tensor: torch.Tensor) -> None:
-    """Hand ``trace`` a float32 CPU copy of ``tensor`` (later in-place work must not alter what it got)."""
-    if trace is not None:
-        trace(name, tensor.detach().to(device="cpu", dtype=torch.float32, copy=True))
-
-
-@dataclass(frozen=True)
-class NoiseAnchor:
-    """Where an image lies in a larger one, in latent pixels: ``top``, ``left`` and the larger size.
-
-    A preview runs a crop of the image the user will apply. Drawing the *whole* latent's noise in
-    the order a whole run draws it (the VAE sample's, then the two start noises) and cutting out the
-    crop's part gives the crop the very noise the whole run has there, so the preview shows the
-    details Apply makes. For the whole image (``top = left = 0``, same size) the draws equal an
-    unanchored run's exactly.
-    """
-
-    top: int
-    left: int
-    height: int
-    width: int
-
-    def draw(
-        self, generator: torch.Generator, channels: int, size: tuple[int, int], vae_dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h, w = size
-        if self.top < 0 or self.left < 0 or self.top + h > self.height or self.left + w > self.width:
-            raise ValueError(
-                f"a {h}x{w} latent at {self.top},{self.left} is outside {self.height}x{self.width}"
-            )
-        whole = (1, channels, self.height, self.width)
-        part = (..., slice(self.top, self.top + h), slice(self.left, self.left + w))
-        vae = torch.randn(whole, generator=generator, dtype=vae_dtype)[part].clone()
-        noise = torch.randn(whole, generator=generator, dtype=torch.float32)[part].clone()
-        added = torch.randn(whole, generator=generator, dtype=torch.float32)[part].clone()
-        return vae, noise, added
-
-
-@dataclass(frozen=True)
-class DenoiseTiling:
-    """Diffusion tiles in latent pixels."""
-
-    tile: int
-    overlap: int
+# Names of a family's added conditions in traces (the reference pipelines' names for them)
+ADDED_TRACE_NAMES = {"text_embeds": "pooled_prompt_embeds", "time_ids": "time_ids"}
 
 
 class PasdPipeline:
-    """PASD components on one device; callable on a pre-scaled RGB image."""
+    """PASD-SD1.5 components on one device; callable on a pre-scaled RGB image.
+
+    The base of the PASD family's pipelines: the tiled denoising loop with a per-pixel ControlNet
+    scale, decoding and offload are the same on SDXL (``pasd_sdxl.py``); prompt conditioning and the
+    start latents are what a subclass changes (:meth:`conditioning`, :meth:`start`).
+    """
+
+    scheduler_class: type[SchedulerMixin] = UniPCMultistepScheduler
 
     def __init__(
         self,
@@ -102,7 +61,7 @@ class PasdPipeline:
         tokenizer: CLIPTokenizer,
         unet: PasdUNet2DConditionModel,
         controlnet: PasdControlNetModel,
-        scheduler: UniPCMultistepScheduler,
+        scheduler: SchedulerMixin,
         choice: DeviceChoice,
         offload: bool = False,
     ) -> None:
@@ -115,11 +74,24 @@ class PasdPipeline:
         self.choice = choice
         self.offload = offload
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        home = torch.device("cpu") if offload else choice.device
+        self.max_prompt_tokens = int(tokenizer.model_max_length)
+        self._place(text_encoder, unet, controlnet)
+        torch.nn.Module.to(vae, device=self._home, dtype=choice.vae_dtype).eval().requires_grad_(False)
+
+    @property
+    def _home(self) -> torch.device:
+        return torch.device("cpu") if self.offload else self.choice.device
+
+    def _place(self, *modules: torch.nn.Module) -> None:
         # nn.Module.to, not ModelMixin.to: the latter warns about fp32-pinned modules PASD has none of.
-        for module in (text_encoder, unet, controlnet):
-            torch.nn.Module.to(module, device=home, dtype=choice.dtype).eval().requires_grad_(False)
-        torch.nn.Module.to(vae, device=home, dtype=choice.vae_dtype).eval().requires_grad_(False)
+        for module in modules:
+            torch.nn.Module.to(module, device=self._home, dtype=self.choice.dtype).eval().requires_grad_(
+                False
+            )
+
+    def widths(self) -> tuple[int, int]:
+        """Base widths of the UNet and of the VAE decoder's last block, for tile-size estimates."""
+        return int(self.unet.config.block_out_channels[0]), int(self.vae.config.block_out_channels[0])
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -134,6 +106,12 @@ class PasdPipeline:
             raise ModelLoadError(
                 f"{root}: pasd_model.json says variant {manifest.variant!r} but the UNet weights are "
                 f"{unet.pasd_variant!r}"
+            )
+        if unet.config.addition_embed_type is not None:
+            raise ModelLoadError(
+                f"{root}: the UNet is SDXL-shaped but pasd_model.json says family {manifest.family!r}; "
+                'a PASD-SDXL folder needs family "pasd-sdxl" (install it with python -m backend download '
+                "pasd-sdxl)"
             )
         try:
             vae = AutoencoderKL.from_pretrained(str(manifest.resolve(root, "vae")))
@@ -173,6 +151,12 @@ class PasdPipeline:
                 torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ stages
+    def conditioning(
+        self, prompt: str, negative_prompt: str, guidance: bool, size: tuple[int, int]
+    ) -> TextConditioning:
+        """Text states for the denoiser; ``size`` (the whole processed image's, pixels) is unused on SD1.5."""
+        return TextConditioning(self.encode_prompt(prompt, negative_prompt, guidance))
+
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance: bool) -> torch.Tensor:
         """[uncond, cond] text embeddings (only cond without guidance); CLIP keeps 77 tokens."""
         texts = [negative_prompt, prompt] if guidance else [prompt]
@@ -200,11 +184,11 @@ class PasdPipeline:
         guidance: float = 7.5,
         seed: int = 0,
         scale_map: torch.Tensor | float = 1.0,
-        added_noise_level: int = 900,
+        added_noise_level: int | None = 900,
         tiling: DenoiseTiling | None = None,
         vae_tiling: VaeTiling | None = None,
-        progress: ProgressFn = _no_progress,
-        check_cancel: CancelFn = _no_cancel,
+        progress: ProgressFn = no_progress,
+        check_cancel: CancelFn = no_cancel,
         preview: PreviewFn | None = None,
         trace: TraceFn | None = None,
         anchor: NoiseAnchor | None = None,
@@ -234,28 +218,23 @@ class PasdPipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
 
         check_cancel()
-        embeddings = self.encode_prompt(prompt, negative_prompt, cfg)
-        emit(trace, "prompt_embeds", embeddings)
+        whole = (anchor.height * f, anchor.width * f) if anchor is not None else (height, width)
+        conditioning = self.conditioning(prompt, negative_prompt, cfg, whole)
+        emit(trace, "prompt_embeds", conditioning.states)
+        for name, value in conditioning.added.items():
+            emit(trace, ADDED_TRACE_NAMES.get(name, name), value)
 
-        scheduler = UniPCMultistepScheduler.from_config(self.scheduler.config)
+        scheduler = self.scheduler_class.from_config(self.scheduler.config)
         scheduler.set_timesteps(steps, device=device)
-        timesteps = scheduler.timesteps
-
-        drawn = None
-        if anchor is not None:
-            vae_dtype = next(self.vae.parameters()).dtype
-            channels = self.vae.config.latent_channels
-            drawn = anchor.draw(generator, channels, (height // f, width // f), vae_dtype)
-        with self._on_device(self.vae):
-            init = self._encode(image, vae_tiling, generator, progress, check_cancel, drawn and drawn[0])
-        emit(trace, "init_latents", init)
+        latents, init = self.start(
+            scheduler, image, generator, vae_tiling, added_noise_level, progress, check_cancel, trace, anchor
+        )
         on_step = None
         if preview is not None:
+            if init is None:
+                init = self._preview_latents(image)
             previewer = LatentPreview(init, image)
             on_step = lambda estimate: preview(previewer(estimate))  # noqa: E731
-        latents = self._noised_start(
-            scheduler, init, timesteps[:1], added_noise_level, generator, trace, drawn and drawn[1:]
-        )
         del init
 
         with self._on_device(self.unet, self.controlnet):
@@ -264,7 +243,7 @@ class PasdPipeline:
                 latents,
                 image,
                 scale_map,
-                embeddings,
+                conditioning,
                 guidance,
                 tiling,
                 progress,
@@ -278,17 +257,64 @@ class PasdPipeline:
         emit(trace, "decoded", decoded)
         return decoded
 
+    def start(
+        self,
+        scheduler: SchedulerMixin,
+        image: torch.Tensor,
+        generator: torch.Generator,
+        vae_tiling: VaeTiling | None,
+        added_noise_level: int | None,
+        progress: ProgressFn,
+        check_cancel: CancelFn,
+        trace: TraceFn | None,
+        anchor: NoiseAnchor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The start latents, and the encoded input when the start made it (the preview's fit uses it).
+
+        PASD-SD1.5 starts from its input: the VAE's sample, noised to the first timestep and then to
+        ``added_noise_level`` (:meth:`_noised_start`). Draw order: the VAE sample's noise, the start
+        noise, the added noise; an anchor draws the same three over the whole image's latent.
+        """
+        f = self.vae_scale_factor
+        drawn = None
+        if anchor is not None:
+            vae_dtype = next(self.vae.parameters()).dtype
+            channels = self.vae.config.latent_channels
+            size = (image.shape[-2] // f, image.shape[-1] // f)
+            drawn = anchor.draw(generator, channels, size, (vae_dtype, torch.float32, torch.float32))
+        with self._on_device(self.vae):
+            init = self._encode(image, vae_tiling, generator, progress, check_cancel, drawn and drawn[0])
+        emit(trace, "init_latents", init)
+        level = 900 if added_noise_level is None else added_noise_level
+        latents = self._noised_start(
+            scheduler, init, scheduler.timesteps[:1], level, generator, trace, drawn and drawn[1:]
+        )
+        return latents, init
+
+    def _preview_latents(self, image: torch.Tensor) -> torch.Tensor:
+        """The input's latents at preview size (the distribution's mean: no random draw), for a
+        family whose start does not encode the input."""
+        from ..image_ops import resize
+
+        h, w = image.shape[-2:]
+        factor = min(1.0, 512 / max(h, w))
+        f = self.vae_scale_factor
+        small = resize(image, (max(f, round(h * factor / f) * f), max(f, round(w * factor / f) * f)))
+        with self._on_device(self.vae):
+            latents = tiled_encode(self.vae, small.to(self.choice.device), None, sample=False, from_unit=True)
+        return latents.float()
+
     def denoise(
         self,
-        scheduler: UniPCMultistepScheduler,
+        scheduler: SchedulerMixin,
         latents: torch.Tensor,
         image: torch.Tensor,
         scale_map: torch.Tensor | float,
-        embeddings: torch.Tensor,
+        conditioning: TextConditioning,
         guidance: float,
         tiling: DenoiseTiling | None = None,
-        progress: ProgressFn = _no_progress,
-        check_cancel: CancelFn = _no_cancel,
+        progress: ProgressFn = no_progress,
+        check_cancel: CancelFn = no_cancel,
         on_step: Callable[[torch.Tensor], None] | None = None,
         trace: TraceFn | None = None,
     ) -> torch.Tensor:
@@ -307,7 +333,7 @@ class PasdPipeline:
             noise = torch.zeros_like(latents)
             for tile, weight in zip(tiles, weights, strict=True):
                 pred = self._predict(
-                    scheduler, latents, t, tile, image, scale_map, embeddings, guidance, check_cancel
+                    scheduler, latents, t, tile, image, scale_map, conditioning, guidance, check_cancel
                 )
                 rows, cols = tile.slices()
                 noise[..., rows, cols] += pred * weight
@@ -320,7 +346,7 @@ class PasdPipeline:
 
     def _noised_start(
         self,
-        scheduler: UniPCMultistepScheduler,
+        scheduler: SchedulerMixin,
         init: torch.Tensor,
         first: torch.Tensor,
         added_noise_level: int,
@@ -352,13 +378,13 @@ class PasdPipeline:
 
     def _predict(
         self,
-        scheduler: UniPCMultistepScheduler,
+        scheduler: SchedulerMixin,
         latents: torch.Tensor,
         t: torch.Tensor,
         tile: Tile,
         image: torch.Tensor,
         scale_map: torch.Tensor | float,
-        embeddings: torch.Tensor,
+        conditioning: TextConditioning,
         guidance: float,
         check_cancel: CancelFn,
     ) -> torch.Tensor:
@@ -366,7 +392,8 @@ class PasdPipeline:
         device, dtype = self.choice.device, self.choice.dtype
         rows, cols = tile.slices()
         irows, icols = tile.slices(self.vae_scale_factor)
-        batch = embeddings.shape[0]
+        batch = conditioning.batch
+        added = conditioning.added or None
         sample = latents[..., rows, cols].expand(batch, -1, -1, -1)
         sample = scheduler.scale_model_input(sample, t).to(dtype)
         cond = image[..., irows, icols].to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
@@ -377,16 +404,18 @@ class PasdPipeline:
         down, mid = self.controlnet(
             sample,
             t,
-            encoder_hidden_states=embeddings,
+            encoder_hidden_states=conditioning.states,
             controlnet_cond=cond,
             conditioning_scale=scale,
+            added_cond_kwargs=added,
             return_dict=False,
         )
         check_cancel()
         pred = self.unet(
             sample,
             t,
-            encoder_hidden_states=embeddings,
+            encoder_hidden_states=conditioning.states,
+            added_cond_kwargs=added,
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
             return_dict=False,
@@ -472,21 +501,18 @@ def renoise(
 
 
 def _clean_estimate(
-    scheduler: UniPCMultistepScheduler, latents: torch.Tensor, output: torch.Tensor, t: torch.Tensor
+    scheduler: SchedulerMixin, latents: torch.Tensor, output: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
     """x0 from the model output at ``t``, on a copy shrunk to preview size (the formula is linear)."""
     size = (min(latents.shape[-2], 128), min(latents.shape[-1], 128))
     x, out = area_resize(latents.float(), size), area_resize(output.float(), size)
     alpha = scheduler.alphas_cumprod[int(t)].float()
     a, b = alpha.sqrt(), (1 - alpha).sqrt()
+    if isinstance(scheduler, EulerDiscreteScheduler):
+        x = x * a  # Euler's latents are x₀ + σ·ε with σ = b/a; back to the DDPM scale √ᾱ·x₀ + √(1−ᾱ)·ε
     kind = scheduler.config.prediction_type
     if kind == "v_prediction":
         return a * x - b * out
     if kind == "sample":
         return out
     return (x - b * out) / a.clamp(min=1e-3)
-
-
-def model_widths(pipeline: PasdPipeline) -> tuple[int, int]:
-    """Base widths of the UNet and of the VAE decoder's last block, for tile-size estimates."""
-    return int(pipeline.unet.config.block_out_channels[0]), int(pipeline.vae.config.block_out_channels[0])

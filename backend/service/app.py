@@ -27,7 +27,7 @@ from ..client import health_proof
 from ..devices import free_memory
 from ..engine import Engine, InputError, RunPlan
 from ..models.loading import ModelLoadError
-from ..models.registry import DEFAULT_MODEL_FOR_TASK, REGISTRY
+from ..models.registry import DEFAULT_MODEL_FOR_TASK, REGISTRY, family_of
 from ..models.store import installed_models, missing_files
 from ..pipelines.params import ParamsError, RestoreParams
 from ..pipelines.prescale import GAN_SUFFIXES
@@ -253,6 +253,10 @@ def _install_routes(app: FastAPI, s: Services) -> None:
                     licence=m.licence,
                     description=m.description,
                     default_for=[task for task, name in defaults.items() if name == model.root.name],
+                    family=m.family,
+                    defaults={
+                        task: schemas.ModelDefaultsInfo(**m.defaults(task).as_dict()) for task in m.tasks
+                    },
                 )
             )
         downloadable = [
@@ -264,6 +268,9 @@ def _install_routes(app: FastAPI, s: Services) -> None:
                 licence=spec.licence,
                 installed=not missing_files(spec, root / spec.id),
                 url=spec.url,
+                family=spec.family,
+                gpu_memory_gb=family.gpu_memory_gb if (family := family_of(spec)) else None,
+                note=family.note if family else "",
             )
             for spec in REGISTRY.values()
         ]
@@ -362,7 +369,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
                     f"The mask is {mask.width}×{mask.height} pixels but the image is "
                     f"{image.width}×{image.height}; the mask must have the image's size.",
                 )
-        _check_work(s, image.height, image.width, params)
+        _check_work(s, image.height, image.width, s.engine.resolved(params, _known(s, request.model)))
         _check_model(s, request.model, params.task)
         params = _check_prescaler(s, params)
         try:
@@ -378,10 +385,11 @@ def _install_routes(app: FastAPI, s: Services) -> None:
             params = RestoreParams.from_dict(request.params.model_dump())
         except (ParamsError, TypeError) as exc:
             raise ApiError(422, f"Invalid parameters: {exc}") from None
+        params = s.engine.resolved(params, _known(s, request.model))
         plan = _check_work(s, request.height, request.width, params)
         _check_model(s, request.model, params.task)
         model = s.engine.find_model(request.model, params.task).root.name
-        work = work_units(params.steps, plan.process_size, params.guidance)
+        work = work_units(int(params.steps or 0), plan.process_size, float(params.guidance or 0))
         guess = s.jobs.speed.estimate(model, work) if s.jobs.speed is not None else None
         ph, pw = plan.process_size
         return schemas.Estimate(
@@ -511,6 +519,14 @@ def _default_model(s: Services, task: str) -> str | None:
         return s.engine.find_model(None, task).root.name
     except Exception:
         return None
+
+
+def _known(s: Services, model: str | None) -> str | None:
+    """A client's model name only if it is an installed model id (never a server path)."""
+    if model is None:
+        return None
+    installed = {m.root.name for m in installed_models(s.config.resolved_models_dir())}
+    return model if model in installed else None
 
 
 def _check_work(s: Services, height: int, width: int, params: RestoreParams) -> RunPlan:

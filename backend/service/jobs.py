@@ -474,7 +474,8 @@ class JobQueue:
                 self._finish(job, "succeeded", None)
             if self.speed is not None:  # loading the model aside: that happens once
                 seconds = time.monotonic() - began if began is not None else result.seconds
-                work = work_units(params.steps, result.plan.process_size, params.guidance)
+                used = result.params or params
+                work = work_units(int(used.steps or 0), result.plan.process_size, float(used.guidance or 0))
                 self.speed.record(result.model, work, seconds)
             log.info("job %s succeeded in %.1f s", job.id, result.seconds)
         except Canceled:

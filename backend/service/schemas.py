@@ -76,6 +76,19 @@ class Health(BaseModel):
     warnings: list[str] | None = Field(None, description="what may soon stop it working")
 
 
+class ModelDefaultsInfo(BaseModel):
+    """A model's own settings (its authors' inference defaults)."""
+
+    steps: int
+    guidance: float
+    fidelity: float
+    process_size: int
+    scheduler: str
+    quality_prompt: str
+    negative_prompt: str
+    added_noise_level: int | None = None
+
+
 class InstalledModelInfo(BaseModel):
     id: str
     tasks: list[str]
@@ -83,6 +96,10 @@ class InstalledModelInfo(BaseModel):
     licence: str
     description: str
     default_for: list[str]
+    family: str = Field("pasd", description="the model family (its pipeline): pasd, pasd-sdxl")
+    defaults: dict[str, ModelDefaultsInfo] = Field(
+        default_factory=dict, description="per task, what each parameter left unset (null) becomes"
+    )
 
 
 class DownloadableModelInfo(BaseModel):
@@ -93,6 +110,9 @@ class DownloadableModelInfo(BaseModel):
     licence: str
     installed: bool
     url: str
+    family: str | None = None
+    gpu_memory_gb: float | None = Field(None, description="roughly what its runs need in half precision")
+    note: str = ""
 
 
 class ModelList(BaseModel):
