@@ -236,3 +236,53 @@ def test_download_progress_survives_files_that_come_and_go(tmp_path: Path) -> No
         stop.set()
         worker.join()
     assert min(seen) >= 1000 and max(seen) <= 1100
+
+
+def make_sdxl_repos(tmp_path: Path, tiny_sdxl: Path) -> dict[str, Path]:
+    """PASD-SDXL's repository (``checkpoint-200000/`` with unet/, controlnet/ and a scaler pickle), SDXL
+    base's (with a UNet that must not be fetched) and the fp16-fix VAE's, tiny weights in the layouts."""
+    hub = tmp_path / "hub"
+    ckpt = hub / "PASD-SDXL" / "checkpoint-200000"
+    for part in ("unet", "controlnet"):
+        shutil.copytree(tiny_sdxl / part, ckpt / part)
+    (ckpt / "scaler.pt").write_bytes(SCALER)
+    base = hub / "sdxl"
+    for part in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler", "unet"):
+        shutil.copytree(tiny_sdxl / part, base / part)
+    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    shutil.copytree(tiny_sdxl / "vae", hub / "vae-fp16")
+    return {
+        REGISTRY["pasd-sdxl"].repo: hub / "PASD-SDXL",
+        REGISTRY["sdxl"].repo: base,
+        REGISTRY["sdxl-vae-fp16"].repo: hub / "vae-fp16",
+    }
+
+
+def test_pasd_sdxl_downloads_with_its_base_and_restores(tmp_path: Path, tiny_sdxl: Path) -> None:
+    """``download pasd-sdxl`` fetches exactly the registry's files of three repositories, writes a
+    manifest naming the family and its SDXL base, and ``upscale`` then runs it through the engine."""
+    models = tmp_path / "models"
+    with FakeHub(make_sdxl_repos(tmp_path, tiny_sdxl)) as hub:
+        result = cli(hub, "download", "pasd-sdxl", "--quiet", "--models", str(models))
+        assert result.returncode == 0, result.stderr
+        specs = [REGISTRY[i] for i in ("sdxl", "sdxl-vae-fp16", "pasd-sdxl")]
+        assert sorted(hub.fetched()) == sorted(f"{s.repo}/{f}" for s in specs for f in s.files)
+        assert not (models / "sdxl" / "unet").exists() and not list(models.rglob("scaler.pt"))
+    manifest = read_manifest(models / "pasd-sdxl")
+    assert (manifest.family, manifest.variant, manifest.tasks) == ("pasd-sdxl", "full", ("upscale",))
+    root = models / "pasd-sdxl"
+    assert manifest.resolve(root, "text_encoder_2") == (models / "sdxl" / "text_encoder_2").resolve()
+    assert manifest.resolve(root, "scheduler") == (models / "sdxl" / "scheduler").resolve()
+    assert manifest.resolve(root, "vae_fp16") == (models / "sdxl-vae-fp16").resolve()
+
+    image = tmp_path / "in.npy"
+    np.save(image, np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    out = tmp_path / "out.npy"
+    run = run_backend(
+        "upscale", str(image), "-o", str(out), "--model", "pasd-sdxl", "--models", str(models),
+        "--steps", "2", "--process-size", "256", "--seed", "4", "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert np.load(out).shape == (48, 64, 3)
+    listed = run_backend("models", "--models", str(models))
+    assert "pasd-sdxl" in listed.stdout and "no colour model exists for SDXL" in listed.stdout

@@ -14,7 +14,7 @@ import torch
 
 from backend.models import ModelLoadError
 from backend.models.manifest import ModelManifest, write_manifest
-from backend.models.registry import DEFAULT_MODEL_FOR_TASK, REGISTRY, with_requirements
+from backend.models.registry import DEFAULT_MODEL_FOR_TASK, FAMILIES, REGISTRY, with_requirements
 from backend.models.store import (
     ModelDownloadError,
     download_model,
@@ -32,8 +32,9 @@ def test_registry_entries_are_complete() -> None:
     assert set(DEFAULT_MODEL_FOR_TASK.values()) <= set(REGISTRY)
     for spec in REGISTRY.values():
         assert spec.repo and spec.files and spec.licence and spec.size_bytes > 0
-        if spec.variant:  # a PASD checkpoint: unet + controlnet under its subfolder, needs SD1.5
-            assert spec.requires == ("sd15",)
+        if spec.variant:  # a PASD checkpoint: unet + controlnet under its subfolder, needs its family's base
+            family = FAMILIES[spec.family or ""]
+            assert spec.requires[0] == family.base and set(spec.tasks) <= set(family.defaults)
             assert {f"{spec.subfolder}/unet/config.json", f"{spec.subfolder}/controlnet/config.json"} <= set(
                 spec.files
             )
@@ -58,7 +59,15 @@ def test_registry_entries_are_complete() -> None:
             "pasd_light_color/scheduler",
             ("colorize",),
         ),
+        # PASD-SDXL: its own repository, the full classes, SDXL base's Euler scheduler.
+        "pasd-sdxl": ("checkpoint-200000", "full", False, None, ("upscale",)),
     }
+    assert REGISTRY["pasd-sdxl"].repo == "yangtao9009/PASD-SDXL"
+    assert [s.id for s in with_requirements("pasd-sdxl")] == ["sdxl", "sdxl-vae-fp16", "pasd-sdxl"]
+    sdxl_parts = {f.split("/")[0] for f in REGISTRY["sdxl"].files}
+    assert {"text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler"} <= sdxl_parts
+    assert REGISTRY["sdxl"].repo == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert "Open RAIL++-M" in REGISTRY["sdxl"].licence and "Open RAIL++-M" in REGISTRY["pasd-sdxl"].licence
     assert "pasd_light_color/scheduler/scheduler_config.json" in REGISTRY["pasd-color"].files
     assert not any(f.endswith((".pt", ".pth", ".ckpt", ".bin")) for s in REGISTRY.values() for f in s.files)
     assert REGISTRY["sd15"].repo == "stable-diffusion-v1-5/stable-diffusion-v1-5"
