@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from backend.client import DownloadStatus
-from backend.models.registry import ModelDefaults
+from backend.models.registry import ModelDefaults, recommend_model
 
 from .request import output_size
 from .settings import (
@@ -70,6 +70,9 @@ class Controls(QWidget):
         self.models: dict[str, list[dict[str, Any]]] = {"installed": [], "downloadable": []}
         self.models_loaded = False
         self.shown_defaults: ModelDefaults = fallback_defaults(self.task)  # the chosen model's settings
+        # The backend's free GPU memory (None: it has no GPU), once its health has said; for the
+        # Install menu's recommendation.
+        self.backend_gpu: tuple[int | None] | None = None
         self._loading = False
         form = QFormLayout(self)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -492,13 +495,20 @@ class Controls(QWidget):
         self._follow_listed_model()
 
         self.install_menu.clear()
+        recommended, why = recommend_model(self.task, self.backend_gpu[0]) if self.backend_gpu else ("", "")
         for model in self.models.get("downloadable", []):
             if self.task in model.get("tasks", []) and not model.get("installed"):
+                gpu = model.get("gpu_memory_gb")
+                needs = f", needs about {gpu:g} GB GPU" if gpu else ""
+                mark = " — recommended" if model["id"] == recommended else ""
                 action = self.install_menu.addAction(
-                    f"{model['title']} ({format_bytes(model['size_bytes'])})"
+                    f"{model['title']} ({format_bytes(model['size_bytes'])}{needs}){mark}"
                 )
                 action.setData(model["id"])
-                action.setToolTip(f"Licence: {model.get('licence')}\n{model.get('url')}")
+                tip = f"Licence: {model.get('licence')}\n{model.get('url')}"
+                if model.get("note"):
+                    tip += f"\n{model['note'][:1].upper()}{model['note'][1:]}."
+                action.setToolTip(tip + (f"\nRecommended: {why}" if mark else ""))
         self.install_menu.setToolTipsVisible(True)
         return len(installed)
 

@@ -442,6 +442,11 @@ class RestoreDialog(QDialog):
         first = not self.connected
         self.connected, self.health = True, health
         self.loaded_model = health.loaded_model
+        gpu = (health.memory or {}).get("device_free_bytes")
+        if health.device is not None and self.controls.backend_gpu != (gpu,):
+            self.controls.backend_gpu = (gpu if isinstance(gpu, int) else None,)
+            c = self.controls
+            c.set_models(c.models, c.models_loaded, c.model_combo.currentData())
         self.status.connected(health, self.client.url)
         self.status.restart.setVisible(is_loopback(self.client.host) and self._run is None)
         if first:

@@ -213,12 +213,23 @@ def matching_preset(settings: DialogSettings, d: ModelDefaults) -> Preset | None
 _HOST_ALIASES = {"noise_level": "added_noise_level", "colour_mode": "color_mode"}
 
 
+_MODEL_KNOBS = ("steps", "guidance", "fidelity_fg", "fidelity_bg", "added_noise_level", "process_size")
+
+
+def _unset_knob(name: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value < 0 or (value == 0 and name in ("steps", "process_size"))
+
+
 def merge_host(settings: DialogSettings, host: dict[str, Any] | None) -> DialogSettings:
     """The host's last values (a job file's ``settings``) over the stored ones, where given.
 
     Accepts the backend's parameter names, also nested under ``"params"`` (they win), and the
-    plug-in's hyphenated argument names. Empty words and negative seeds or tiles mean "not set":
-    the plug-in sends them for "the default".
+    plug-in's hyphenated argument names. Empty words, negative seeds or tiles and the model knobs'
+    0 / -1 mean "not set": the plug-in sends them for "the default".
     """
     if not host:
         return settings
@@ -238,6 +249,8 @@ def merge_host(settings: DialogSettings, host: dict[str, Any] | None) -> DialogS
             given["scale"] = round(value)
         elif name in ("model", "quality_prompt", "negative_prompt") and value in ("", None):
             given[name] = None
+        elif name in _MODEL_KNOBS and _unset_knob(name, value):
+            continue  # the plug-in's 0 / -1: "the model's own", which the dialog shows already
         else:
             given[name] = value
     return DialogSettings.from_json(given, settings)

@@ -14,12 +14,12 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .errors import InstallError
-from .models import parse_model_ids
+from .models import load_registry, parse_model_ids
 from .platform_paths import Platform, find_gimp_profiles
 from .plugin import DEFAULT_URL
 from .state import STATE_NAME, InstallState
 from .steps import Context, Options, build_steps, run_steps
-from .torch_choice import FLAVOURS, TorchChoiceError, choose_torch, probe_machine
+from .torch_choice import FLAVOURS, MachineFacts, TorchChoiceError, choose_torch, probe_machine
 from .uninstall import uninstall
 
 MIN_PYTHON = (3, 10)
@@ -110,6 +110,18 @@ def _header(ctx: Context) -> None:
         ctx.out(f"  models:              {', '.join(o.models)} into {ctx.models_dir}")
 
 
+def _advise_model(ctx: Context, facts: MachineFacts) -> None:
+    """Which restoration model fits this machine, said before anything is downloaded."""
+    recommended, why = load_registry().recommend_model("upscale", facts.gpu_free_bytes)
+    if facts.gpu_free_bytes is None and (facts.rocm or facts.apple_silicon):
+        return  # a GPU whose free memory nvidia-smi cannot tell: no advice rather than a wrong one
+    chosen = ctx.options.models or ()
+    if recommended not in chosen:
+        ctx.out(f"  recommended model:   {recommended} ({why} Install it with --models {recommended}.)")
+    else:
+        ctx.out(f"  recommended model:   {recommended} ({why})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if sys.version_info < MIN_PYTHON:
@@ -124,11 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return uninstall(state, purge_models=args.purge_models, dry_run=args.dry_run, out=print)
         options = merge_options(args, state.settings, dict(os.environ))
         plan = None
+        facts = probe_machine()
         if not options.backend_python:
-            plan = choose_torch(probe_machine(), options.torch, options.torch_spec, options.torch_index_url)
+            plan = choose_torch(facts, options.torch, options.torch_spec, options.torch_index_url)
         profiles = find_gimp_profiles(platform, options.gimp_profile) if options.plugin else []
         ctx = Context(options, platform, state, data_dir, profiles, plan)
         _header(ctx)
+        _advise_model(ctx, facts)
         # remembered with the first step that changes something (a run that fails at once leaves nothing)
         state.settings = {n: _settings_value(getattr(options, n)) for n in REMEMBERED}
         changed = run_steps(build_steps(options), ctx)

@@ -36,6 +36,7 @@ class MachineFacts:
     nvidia_gpus: tuple[str, ...] = ()  # "name, memory" lines from nvidia-smi
     rocm: bool = False
     rocm_gpus: tuple[str, ...] = ()
+    gpu_free_bytes: int | None = None  # the largest free memory of an NVIDIA GPU, for the model advice
 
     @property
     def apple_silicon(self) -> bool:
@@ -54,9 +55,13 @@ def probe_machine() -> MachineFacts:
     """Ask the drivers: ``nvidia-smi`` for NVIDIA GPUs, ``rocminfo`` or ``/opt/rocm`` for ROCm."""
     system = current_system()
     nvidia: tuple[str, ...] = ()
+    gpu_free: int | None = None
     if shutil.which("nvidia-smi"):
         out = _run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"])
         nvidia = tuple(line.strip() for line in (out or "").splitlines() if line.strip())
+        free = _run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"])
+        mib = [int(v) for v in (free or "").split() if v.strip().isdigit()]
+        gpu_free = max(mib) * 2**20 if mib else None
     rocm_gpus: tuple[str, ...] = ()
     rocm = False
     if system == "linux":
@@ -67,7 +72,7 @@ def probe_machine() -> MachineFacts:
         if rocminfo:
             names = {line.partition(":")[2].strip() for line in (_run([rocminfo]) or "").splitlines()}
             rocm_gpus = tuple(sorted(name for name in names if name.startswith("gfx")))
-    return MachineFacts(system, _platform.machine(), nvidia, rocm, rocm_gpus)
+    return MachineFacts(system, _platform.machine(), nvidia, rocm, rocm_gpus, gpu_free)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.pipelines.params import RestoreParams
 from gimp_plugin import plugin_source
 
 from .gimp_harness import Gimp, GimpUnavailable
@@ -53,11 +54,21 @@ def test_settings_map_to_backend_parameters() -> None:
     params = settings.backend_params()
     assert params["scale"] == 4.0 and params["prompt"] == "a face" and params["fidelity_fg"] == 1.5
     assert params["seed"] is None and params["tile"] == 296 and "negative_prompt" not in params
-    assert params["steps"] == 20 and params["color_fix"] is True and params["process_size"] == 768
+    assert params["color_fix"] is True
+    # Left at 0 / -1, the model knobs are not sent: the backend runs the chosen model's own settings.
+    assert not {"steps", "guidance", "fidelity_bg", "process_size", "added_noise_level"} & set(params)
+    chosen = core.RunSettings.from_values(
+        "upscale", {"steps": 30, "guidance": 0.0, "process-size": 1003, "noise-level": 0, "fidelity-bg": 0.0}
+    ).backend_params()
+    assert (chosen["steps"], chosen["guidance"], chosen["process_size"]) == (30, 0.0, 1000)
+    assert chosen["added_noise_level"] == 0 and chosen["fidelity_bg"] == 0.0
+    assert RestoreParams.from_dict(chosen).steps == 30 and RestoreParams.from_dict(params).steps is None
+    with pytest.raises(core.PluginError, match="process-size must be 0"):
+        core.RunSettings.from_values("upscale", {"process-size": 100}).backend_params()
     colorize = core.RunSettings.from_values("colorize", {"seed": 9, "color-mode": "normal"})
     assert colorize.scale == 1 and colorize.backend_params()["seed"] == 9
     assert "color_fix" not in colorize.backend_params()
-    with pytest.raises(core.PluginError, match="fidelity-bg must be between 0 and 2"):
+    with pytest.raises(core.PluginError, match="fidelity-bg must be between -1 and 2"):
         core.RunSettings.from_values("upscale", {"fidelity-bg": 3.0})
     with pytest.raises(core.PluginError, match="output must be one of"):
         core.RunSettings.from_values("upscale", {"output": "clipboard"})

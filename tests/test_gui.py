@@ -325,6 +325,12 @@ def test_choosing_a_model_shows_its_own_settings(
         c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-sdxl"))
         c.model_combo.activated.emit(c.model_combo.currentIndex())
         assert c.negative_words.text() == "fog" and dialog.values().process_size == 1280
+        # The Install menu says what each model needs and which one fits this backend (a CPU here).
+        qtbot.waitUntil(lambda: c.backend_gpu is not None, timeout=30000)
+        offered = {a.data(): a for a in c.install_menu.actions()}
+        assert offered["pasd"].text().endswith("— recommended") and "No GPU" in offered["pasd"].toolTip()
+        assert "needs about 12 GB GPU" in offered["pasd-sdxl"].text()
+        assert "needs about 4 GB GPU" in offered["pasd-light"].text()
         dialog.reject()
 
 
@@ -382,6 +388,16 @@ def test_settings_file_survives_bad_content(user_folders: Path) -> None:
     # The plug-in's argument names are understood too.
     merged = merge_host(DialogSettings(), {"fidelity-fg": 1.2, "noise-level": 500, "tile": 0, "model": ""})
     assert (merged.fidelity_fg, merged.added_noise_level, merged.tile, merged.model) == (1.2, 500, None, None)
+    # The plug-in's "the model's own" values (0 / -1) leave the dialog's own values in place.
+    own = {"steps": 0, "guidance": -1.0, "fidelity-bg": -1.0, "process-size": 0, "noise-level": -1}
+    kept_own = merge_host(DialogSettings(steps=25, guidance=7.0, process_size=1280), own)
+    assert (kept_own.steps, kept_own.guidance, kept_own.fidelity_bg, kept_own.process_size) == (
+        25,
+        7.0,
+        1.0,
+        1280,
+    )
+    assert kept_own.added_noise_level == 900
 
 
 # --------------------------------------------------------------------------- preview

@@ -297,6 +297,37 @@ def test_install_twice_then_uninstall_leaves_nothing(tmp_path: Path) -> None:
     assert "Nothing to uninstall" in ok(home.install("--uninstall"))
 
 
+@pytest.mark.parametrize(("free_mib", "model"), [(24_000, "pasd-sdxl"), (6_000, "pasd"), (None, "pasd")])
+def test_the_installer_recommends_the_model_that_fits_the_gpu(
+    tmp_path: Path, free_mib: int | None, model: str
+) -> None:
+    """With nvidia-smi reporting the free memory (a stand-in script on the PATH: the real driver's
+    answer format), the installer names the model that fits, and why, before any download."""
+    home = Home(tmp_path / "home")
+    home.root.mkdir()
+    path = os.environ["PATH"]
+    if free_mib is not None:
+        tools = tmp_path / "bin"
+        tools.mkdir()
+        smi = tools / "nvidia-smi"
+        smi.write_text(
+            '#!/bin/sh\ncase "$1" in\n'
+            f"  --query-gpu=memory.free) echo {free_mib} ;;\n"
+            "  *) echo 'NVIDIA Test GPU, 24564 MiB' ;;\nesac\n"
+        )
+        smi.chmod(0o755)
+        path = f"{tools}{os.pathsep}{path}"
+    out = ok(home.install("--dry-run", "--torch-spec", TORCH_SPEC, "--models", "pasd", PATH=path))
+    line = next(x for x in out.splitlines() if "recommended model:" in x)
+    assert line.split("recommended model:")[1].split()[0] == model
+    if model == "pasd-sdxl":
+        assert "This GPU has 23 GB: enough for PASD-SDXL" in line and "--models pasd-sdxl" in line
+    elif free_mib:
+        assert "PASD-SDXL needs about 12 GB" in line
+    else:
+        assert "No GPU was found" in line
+
+
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     home = Home(tmp_path)
     pristine = home.snapshot()

@@ -355,3 +355,26 @@ def with_requirements(model_id: str) -> list[ModelSpec]:
 
 def family_of(spec: ModelSpec) -> Family | None:
     return FAMILIES.get(spec.family) if spec.family else None
+
+
+def recommend_model(task: str, gpu_memory_bytes: int | None) -> tuple[str, str]:
+    """The model to install for ``task`` on a machine with that much GPU memory (None: no GPU),
+    and why, in a sentence: the installer and the dialog say the same."""
+    default = DEFAULT_MODEL_FOR_TASK[task]
+    sdxl = FAMILIES["pasd-sdxl"]
+    if task not in sdxl.defaults:
+        return default, f"{get_spec(default).title} is the model for {task} ({sdxl.note})."
+    if gpu_memory_bytes is None:
+        return default, (
+            "No GPU was found: PASD (SD1.5) is the one to use; PASD-SDXL would take very long on the CPU."
+        )
+    gb = gpu_memory_bytes / 2**30
+    if gb >= sdxl.gpu_memory_gb:
+        return "pasd-sdxl", (
+            f"This GPU has {gb:.0f} GB: enough for PASD-SDXL (about {sdxl.gpu_memory_gb:g} GB), the "
+            "stronger model; PASD (SD1.5) is faster."
+        )
+    return default, (
+        f"This GPU has {gb:.0f} GB: PASD (SD1.5) fits (about {FAMILIES['pasd'].gpu_memory_gb:g} GB); "
+        f"PASD-SDXL needs about {sdxl.gpu_memory_gb:g} GB and would be offloaded and slow."
+    )

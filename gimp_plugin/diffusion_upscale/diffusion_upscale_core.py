@@ -61,31 +61,49 @@ ARGUMENTS: tuple[Argument, ...] = (
              tasks=("upscale",)),
     Argument("prompt", "string", "_Prompt", "What the picture shows, in a few words", ""),
     Argument("fidelity-fg", "double", "Selection _fidelity",
-             "How closely the selection follows the original (0 free … 2 faithful)", 1.0, 0.0, 2.0),
+             "How closely the selection follows the original (0 free … 2 faithful); -1: the model's own",
+             -1.0, -1.0, 2.0),
     Argument("fidelity-bg", "double", "_Background fidelity",
-             "How closely the rest follows the original (0 free … 2 faithful)", 1.0, 0.0, 2.0),
-    Argument("steps", "int", "S_teps", "Diffusion steps (more: slower, finer)", 20, 1, 200),
+             "How closely the rest follows the original (0 free … 2 faithful); -1: the model's own",
+             -1.0, -1.0, 2.0),
+    Argument("steps", "int", "S_teps", "Diffusion steps (more: slower, finer); 0: the model's own",
+             0, 0, 200),
     Argument("seed", "int", "S_eed", "Random seed; -1 picks one (stored on the layer)", -1, -1, 2**31 - 1),
     Argument("output", "choice", "_Output", "Where the result goes", "layer",
              choices=(("layer", "New layer (canvas scaled)"), ("image", "New image"))),
     Argument("color-mode", "choice", "Colour _mode", "Layer mode of the colorized layer", "lch-color",
              choices=(("lch-color", "LCh colour (original luminance shows through)"), ("normal", "Normal")),
              tasks=("colorize",)),
-    Argument("guidance", "double", "_Guidance", "How strongly the prompt steers (classifier-free guidance)",
-             7.5, 0.0, 30.0),
+    Argument("guidance", "double", "_Guidance",
+             "How strongly the prompt steers (classifier-free guidance); -1: the model's own",
+             -1.0, -1.0, 30.0),
     Argument("model", "string", "_Model", "Installed model id; empty: the task's default", ""),
     Argument("auto-prompt", "boolean", "_Describe automatically",
              "Add words from the captioning model to the prompt", False),
-    Argument("negative-prompt", "string", "_Negative prompt", "What to avoid; empty: the task's default", ""),
+    Argument("negative-prompt", "string", "_Negative prompt", "What to avoid; empty: the model's default",
+             ""),
     Argument("context-margin", "int", "Context _margin",
              "Pixels of context around the selection; -1: automatic", -1, -1, 4096),
     Argument("process-size", "int", "Process si_ze",
-             "Short side the model works at (larger: more detail, slower)", 768, 256, 2048),
+             "Short side the model works at (larger: more detail, slower), 256 to 2048; 0: the model's own",
+             0, 0, 2048),
     Argument("tile", "int", "_Tile size", "Diffusion tile in pixels; 0: from free memory", 0, 0, 8192),
-    Argument("noise-level", "int", "_Noise level", "PASD's added noise level", 900, 0, 999),
+    Argument("noise-level", "int", "_Noise level", "PASD's added noise level; -1: the model's own",
+             -1, -1, 999),
     Argument("color-fix", "boolean", "_Colour fix", "Keep the original's colours (wavelet colour fix)", True,
              tasks=("upscale",)),
 )  # fmt: skip
+
+
+# Arguments whose 0 / -1 means "the chosen model's own value" → the backend's parameter names
+MODEL_KNOBS = {
+    "steps": "steps",
+    "guidance": "guidance",
+    "fidelity-fg": "fidelity_fg",
+    "fidelity-bg": "fidelity_bg",
+    "noise-level": "added_noise_level",
+    "process-size": "process_size",
+}
 
 
 def arguments_for(task: str) -> list[Argument]:
@@ -137,14 +155,17 @@ class RunSettings:
             "scale": float(self.scale),
             "prompt": self.get("prompt"),
             "auto_prompt": self.get("auto-prompt"),
-            "steps": self.get("steps"),
-            "guidance": self.get("guidance"),
             "seed": None if self.get("seed") < 0 else self.get("seed"),
-            "fidelity_fg": self.get("fidelity-fg"),
-            "fidelity_bg": self.get("fidelity-bg"),
-            "added_noise_level": self.get("noise-level"),
-            "process_size": max(256, self.get("process-size") // 8 * 8),
         }
+        # Left at their "model's own" values (0 or -1), the backend uses the chosen model's settings.
+        for arg, name in MODEL_KNOBS.items():
+            value = self.get(arg)
+            if value > 0 or (value == 0 and arg not in ("steps", "process-size")):
+                params[name] = value
+        if "process_size" in params:
+            if params["process_size"] < 256:
+                raise PluginError("process-size must be 0 (the model's own) or 256 to 2048")
+            params["process_size"] = params["process_size"] // 8 * 8
         if self.get("negative-prompt"):
             params["negative_prompt"] = self.get("negative-prompt")
         if self.get("tile"):
