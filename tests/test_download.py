@@ -238,12 +238,13 @@ def test_download_progress_survives_files_that_come_and_go(tmp_path: Path) -> No
     assert min(seen) >= 1000 and max(seen) <= 1100
 
 
-def make_sdxl_repos(tmp_path: Path, tiny_sdxl: Path) -> dict[str, Path]:
-    """PASD-SDXL's repository (``checkpoint-200000/`` with unet/, controlnet/ and a scaler pickle), SDXL
-    base's (with a UNet that must not be fetched) and the fp16-fix VAE's, tiny weights in the layouts."""
+def make_sdxl_repos(tmp_path: Path, tiny_sdxl: Path, own_scheduler: bool = False) -> dict[str, Path]:
+    """PASD-SDXL's repository (``checkpoint-200000/`` with unet/, controlnet/, a scaler pickle and, if
+    asked, a scheduler/ of its own), SDXL base's (with a UNet that must not be fetched) and the fp16-fix
+    VAE's, tiny weights in the layouts."""
     hub = tmp_path / "hub"
     ckpt = hub / "PASD-SDXL" / "checkpoint-200000"
-    for part in ("unet", "controlnet"):
+    for part in ("unet", "controlnet") + (("scheduler",) if own_scheduler else ()):
         shutil.copytree(tiny_sdxl / part, ckpt / part)
     (ckpt / "scaler.pt").write_bytes(SCALER)
     base = hub / "sdxl"
@@ -286,3 +287,18 @@ def test_pasd_sdxl_downloads_with_its_base_and_restores(tmp_path: Path, tiny_sdx
     assert np.load(out).shape == (48, 64, 3)
     listed = run_backend("models", "--models", str(models))
     assert "pasd-sdxl" in listed.stdout and "no colour model exists for SDXL" in listed.stdout
+
+
+def test_pasd_sdxl_takes_its_checkpoints_own_scheduler_where_the_hub_has_one(
+    tmp_path: Path, tiny_sdxl: Path
+) -> None:
+    models = tmp_path / "models"
+    with FakeHub(make_sdxl_repos(tmp_path, tiny_sdxl, own_scheduler=True)) as hub:
+        result = cli(hub, "download", "pasd-sdxl", "--quiet", "--models", str(models))
+        assert result.returncode == 0, result.stderr
+        own = f"{REGISTRY['pasd-sdxl'].repo}/checkpoint-200000/scheduler/scheduler_config.json"
+        assert own in hub.fetched()
+    root = models / "pasd-sdxl"
+    scheduler = read_manifest(root).resolve(root, "scheduler")
+    assert scheduler == (root / "checkpoint-200000" / "scheduler").resolve()
+    assert (scheduler / "scheduler_config.json").is_file()

@@ -423,3 +423,72 @@ def test_a_colour_model_with_an_epsilon_scheduler_is_refused(
         engine.restore(
             rgb(16, 16, channels=1), FAST.with_(task="colorize", scale=1.0), model="tiny-color-eps"
         )
+
+
+# --------------------------------------------------------------------------- PASD-SDXL
+@pytest.fixture(scope="module")
+def sdxl_engine(tiny_sdxl: Path) -> Engine:
+    return Engine(tiny_sdxl.parent, device="cpu")
+
+
+def test_pasd_sdxl_runs_with_its_own_defaults_and_everything_the_engine_offers(sdxl_engine: Engine) -> None:
+    """The engine picks PASD-SDXL's pipeline from the folder's family; unset parameters take the
+    model's settings; 16-bit with alpha, a soft mask in tiles, previews and offload all work."""
+    from backend.models.registry import FAMILIES
+    from backend.pipelines.pasd_sdxl import PasdSdxlPipeline
+
+    own = FAMILIES["pasd-sdxl"].defaults["upscale"]
+    img = rgb(40, 36, 4, np.uint16, seed=5)
+    mask = np.zeros((40, 36), np.float32)
+    mask[8:30, 6:24] = 1.0
+    params = RestoreParams(scale=2.0, steps=2, process_size=256, seed=3, tile=128, vae_tile=128)
+    shown: list[np.ndarray] = []
+    res = sdxl_engine.restore(img, params, mask=mask, model="tiny-sdxl", preview=shown.append)
+    loaded = sdxl_engine.pipeline_for(sdxl_engine.find_model("tiny-sdxl", "upscale"))
+    assert isinstance(loaded, PasdSdxlPipeline)
+    assert res.params is not None and res.params.steps == 2  # given: kept
+    assert (res.params.guidance, res.params.fidelity_fg, res.params.fidelity_bg) == (7.0, 0.8, 0.8)
+    assert res.prompt == own.quality_prompt and res.negative_prompt == own.negative_prompt
+    assert res.image.dtype == np.uint16 and res.image.shape == (80, 72, 4) and res.plan.tiles > 1
+    assert len(shown) >= 4 and all(p.dtype == np.uint8 and p.shape[2] == 3 for p in shown)
+    # A fidelity map changes the run; the same map again repeats it exactly.
+    other = sdxl_engine.restore(img, params.with_(fidelity_fg=1.6), mask=mask, model="tiny-sdxl")
+    again = sdxl_engine.restore(img, params, mask=mask, model="tiny-sdxl")
+    assert np.array_equal(res.image, again.image) and not np.array_equal(res.image, other.image)
+    moved = Engine(sdxl_engine.models_dir, device="cpu", offload=True)
+    assert np.array_equal(moved.restore(img, params, mask=mask, model="tiny-sdxl").image, res.image)
+    assert sdxl_engine.resolved(RestoreParams(), "tiny-sdxl").process_size == 1280
+
+
+def test_pasd_sdxl_framed_previews_draw_apply_noise_and_cancel_stops(sdxl_engine: Engine) -> None:
+    img = rgb(96, 128, seed=3)
+    params = FAST.with_(scale=2.0)
+    whole_trace: dict[str, torch.Tensor] = {}
+    crop_trace: dict[str, torch.Tensor] = {}
+    whole = sdxl_engine.restore(img, params, model="tiny-sdxl", trace=whole_trace.__setitem__)
+    framed = sdxl_engine.restore(img, params.with_(frame=(0, 0, 128, 96)), model="tiny-sdxl")
+    assert np.array_equal(whole.image, framed.image)
+    x, y, w, h = 48, 30, 48, 42
+    crop = sdxl_engine.restore(
+        img[y : y + h, x : x + w], params.with_(frame=(x, y, 128, 96)), model="tiny-sdxl",
+        trace=crop_trace.__setitem__,
+    )  # fmt: skip
+    anchor = crop.plan.anchor
+    assert anchor is not None
+    ch, cw = crop_trace["noise"].shape[-2:]
+    part = (..., slice(anchor.top, anchor.top + ch), slice(anchor.left, anchor.left + cw))
+    assert torch.equal(crop_trace["noise"], whole_trace["noise"][part])
+    # The size ids are the whole image's, as Apply's.
+    assert torch.equal(crop_trace["time_ids"], whole_trace["time_ids"])
+
+    token = CancelToken()
+    seen: list[str] = []
+
+    def progress(stage: str, step: int, total: int) -> None:
+        seen.append(stage)
+        if stage == "denoise":
+            token.cancel()
+
+    with pytest.raises(Canceled):
+        sdxl_engine.restore(rgb(32, 32), FAST, model="tiny-sdxl", progress=progress, cancel=token)
+    assert "decode" not in seen

@@ -139,6 +139,7 @@ class ModelSpec:
     requires: tuple[str, ...] = ()
     revision: str = "main"
     family: str | None = None  # FAMILIES key for restoration models, None for components
+    optional_files: tuple[str, ...] = ()  # fetched too where the repository holds them
     overrides: dict[str, Any] = field(default_factory=dict)  # this model's own ModelDefaults changes
 
     def defaults(self, task: str) -> ModelDefaults:
@@ -242,6 +243,9 @@ REGISTRY: dict[str, ModelSpec] = {
             title="PASD-SDXL (the authors' newer, stronger model; needs a big GPU)",
             repo=PASD_SDXL_REPO,
             files=_pasd_files("checkpoint-200000"),
+            # The reference reads the checkpoint's own scheduler/ (test_pasd_sdxl.py); whether the hub
+            # has one is not known, so it is taken when the listing shows it, else SDXL base's Euler.
+            optional_files=("checkpoint-200000/scheduler/scheduler_config.json",),
             licence=f"{PASD_LICENCE}; its SDXL base is under {SDXL_LICENCE}",
             size_bytes=_SDXL_UNET_BYTES + _SDXL_CONTROLNET_BYTES,
             tasks=("upscale",),

@@ -136,14 +136,16 @@ def plan_download(spec: ModelSpec, listing: Collection[str]) -> list[str]:
         if found[0].endswith(PICKLE_SUFFIXES):  # the registry must never name one; refuse if it does
             raise ModelDownloadError(f"Refusing to download the pickle {found[0]} of {spec.repo}")
         chosen.append(found[0])
-    return chosen
+    return chosen + [name for name in spec.optional_files if name in listing]
 
 
-def _manifest_for(spec: ModelSpec) -> ModelManifest | None:
+def _manifest_for(spec: ModelSpec, target: Path) -> ModelManifest | None:
     if spec.variant is None:
         return None
     family = spec.family or "pasd"
     base = FAMILIES[family].base
+    own = f"{spec.subfolder}/scheduler"  # a checkpoint that brought its own scheduler uses it
+    has_own = not spec.scheduler_subfolder and (target / own / "scheduler_config.json").is_file()
     return ModelManifest(
         id=spec.id,
         variant=spec.variant,
@@ -153,7 +155,7 @@ def _manifest_for(spec: ModelSpec) -> ModelManifest | None:
         licence=spec.licence,
         use_rrdb=spec.use_rrdb,
         pasd_dir=spec.subfolder,
-        scheduler_dir=spec.scheduler_subfolder or f"../{base}/scheduler",
+        scheduler_dir=spec.scheduler_subfolder or (own if has_own else f"../{base}/scheduler"),
         base_dir=f"../{base}",
         extra={"vae_fp16": f"../{r}"} if (r := "sdxl-vae-fp16") in spec.requires else {},
         overrides=dict(spec.overrides),
@@ -262,7 +264,7 @@ def download_model(model_id: str, models_dir: str | Path | None = None, progress
                     f"Download of '{spec.id}' is incomplete; missing or damaged: "
                     f"{', '.join(still_missing)}.\n" + manual_instructions(spec, target)
                 )
-        manifest = _manifest_for(spec)
+        manifest = _manifest_for(spec, target)
         if manifest is not None:
             write_manifest(target, manifest)
     return root / model_id
