@@ -137,7 +137,7 @@ def check_models(models_dir: Path) -> list[Check]:
     from .models.store import installed_models, missing_files
 
     installed = installed_models(models_dir)
-    names = [m.root.name for m in installed]
+    names = [f"{m.root.name} ({m.manifest.family})" for m in installed]
     if not installed:
         return [
             Check(
@@ -292,7 +292,8 @@ def check_server(url: str, token: str | None, config: PluginConfig | None) -> Ch
 
 # --------------------------------------------------------------------------- self-test
 def self_test() -> Check:
-    """A tiny model, written to a temporary folder, through the whole pipeline on the CPU."""
+    """A tiny model of each family (PASD, PASD-SDXL), written to a temporary folder, through the whole
+    pipeline on the CPU."""
     started = time.perf_counter()
     try:
         import numpy as np
@@ -312,10 +313,13 @@ def self_test() -> Check:
         torch.set_num_threads(1)  # a tiny model gains nothing from threads; spin-waits cost seconds
         try:
             with tempfile.TemporaryDirectory(prefix="gdu-doctor-") as tmp:
-                model = write_tiny_model(Path(tmp) / "doctor-tiny", "full", seed=1)
+                engine = Engine(models_dir=tmp, device="cpu")
                 image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
                 params = RestoreParams(steps=2, process_size=256, seed=1, scale=2)
-                result = Engine(models_dir=tmp, device="cpu").restore(image, params, model=model)
+                results = []
+                for variant in ("full", "sdxl"):
+                    model = write_tiny_model(Path(tmp) / f"doctor-tiny-{variant}", variant, seed=1)
+                    results.append(engine.restore(image, params, model=model))
         finally:
             torch.set_num_threads(threads)
     except Exception as exc:
@@ -325,11 +329,16 @@ def self_test() -> Check:
             f"the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             f"Re-run {INSTALL} (it repairs the environment); if it persists, report this output.",
         )
-    out = result.image
-    if out.shape != (64, 64, 3) or out.dtype != np.uint8:
-        return Check("self-test", FAIL, f"wrong result: {out.shape} {out.dtype}, expected (64, 64, 3) uint8")
+    for result in results:
+        out = result.image
+        if out.shape != (64, 64, 3) or out.dtype != np.uint8:
+            return Check(
+                "self-test", FAIL, f"wrong result: {out.shape} {out.dtype}, expected (64, 64, 3) uint8"
+            )
     seconds = time.perf_counter() - started
-    return Check("self-test", OK, f"tiny model, 32x32 -> 64x64 upscale on the CPU in {seconds:.1f} s")
+    return Check(
+        "self-test", OK, f"tiny PASD and PASD-SDXL, 32x32 -> 64x64 upscale on the CPU in {seconds:.1f} s"
+    )
 
 
 # --------------------------------------------------------------------------- report

@@ -1,33 +1,53 @@
 """Seconds per image and peak memory of the full-width PASD architecture, ours beside the reference.
 
-Random weights at the real SD1.5 widths (UNet + PASD ControlNet + VAE + CLIP-L text encoder), an
-input of SIZE² upscaled ×2, 20 UniPC steps with classifier-free guidance 7.5. On a GPU the default
-is 512² → 1024²; on a CPU use a small size (for example ``--size 128 --steps 4``).
+Random weights at the real widths, an input of SIZE² upscaled ×2 with classifier-free guidance.
 
-    python bench/gpu_pasd.py [--size 512] [--steps 20] [--runs 3] [--dtype auto] [--compile]
-        [--reference-python PY --pasd-repo DIR]
+- ``--family sd15`` (the default): SD1.5's UNet + PASD ControlNet + VAE + CLIP-L text encoder, 20 UniPC
+  steps, guidance 7.5. On a GPU the default is 512² → 1024²; on a CPU use a small size (for example
+  ``--size 128 --steps 4``).
+- ``--family sdxl``: PASD-SDXL (SDXL's UNet + PASD ControlNet, CLIP-L and OpenCLIP bigG text encoders,
+  SDXL's VAE and Euler), 25 steps, guidance 7.0, ControlNet scale 0.8, latent tiles of 180 with an
+  overlap of 8 (the reference's settings for PASD-SDXL). On a GPU the default is 1024² → 2048². The
+  UNet and ControlNet alone are ~4.9 billion parameters (~19.4 GB in float32), so on a CPU take it in
+  bfloat16 at a small size: ``--device cpu --dtype bf16 --size 64 --steps 2 --runs 1``. Its weights
+  are made directly on the device in the run's precision (parameters built on the meta device, then
+  filled from a random pool), never in float32 first.
+
+    python bench/gpu_pasd.py [--family sd15|sdxl] [--size N] [--steps N] [--runs 3] [--dtype auto]
+        [--device auto] [--compile] [--reference-python PY --pasd-repo DIR]
 
 With ``--reference-python`` (an environment with the reference's pins: diffusers 0.29.2,
 transformers 4.44.2) and a checkout of github.com/yangxy/PASD, the reference pipeline
-(``pipeline_pasd.StableDiffusionControlNetPipeline``) runs the same job through
-``bench/reference_pasd.py`` in a child process, with the same sizes, steps, dtype and device.
+(``pipeline_pasd.StableDiffusionControlNetPipeline``, or ``pipeline_pasd_sdxl.
+StableDiffusionXLControlNetPipeline`` for SDXL) runs the same job through ``bench/reference_pasd.py``
+in a child process, with the same component configs, sizes, steps, dtype and device. Peak memory is
+``torch.cuda.max_memory_allocated`` of the last run on a GPU, the process's peak resident set on a CPU.
+
+``--tiny-widths`` (a development check, not a benchmark) swaps in the tiny test configs of
+``backend/models/tiny.py``, so both sides run end to end in seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 HERE = Path(__file__).resolve().parent
 
 # SD1.5's text encoder (CLIP ViT-L/14 text tower) and VAE, as in their official config.json files.
+# SDXL base's first text encoder is the same CLIP-L.
 CLIP_L_TEXT = dict(
     vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
     num_attention_heads=12, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu",
@@ -37,39 +57,194 @@ SD_VAE = dict(
     block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
 )  # fmt: skip
+# SDXL base's second text encoder (OpenCLIP ViT-bigG/14 text tower with its projection), VAE and
+# scheduler, as in stabilityai/stable-diffusion-xl-base-1.0's config files.
+BIGG_TEXT = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+    num_attention_heads=20, max_position_embeddings=77, projection_dim=1280, hidden_act="gelu",
+)  # fmt: skip
+SDXL_VAE = {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_EULER = dict(
+    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, interpolation_type="linear",
+    steps_offset=1, timestep_spacing="leading", use_karras_sigmas=False,
+)  # fmt: skip
+
+# Each family's job; the ControlNet scale of SD1.5 is the pipelines' default, 1.0.
+JOBS: dict[str, dict[str, Any]] = {
+    "sd15": dict(size=512, steps=20, guidance=7.5, conditioning_scale=1.0),
+    "sdxl": dict(size=1024, steps=25, guidance=7.0, conditioning_scale=0.8),
+}
+SDXL_LATENT_TILE = (180, 8)  # PASD-SDXL's latent_tiled_size / latent_tiled_overlap
 
 
-def build_ours(device: str, dtype: str, tokenizer_dir: Path, compile_: bool):
-    from diffusers import AutoencoderKL, UniPCMultistepScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def components(family: str, tiny: bool) -> dict[str, Any]:
+    """The component configs both sides build (plain data: the reference reads them as JSON)."""
+    from backend.models import tiny as t
+    from backend.models.pasd.configs import (
+        pasd_sdxl_controlnet_config,
+        pasd_sdxl_unet_config,
+        sd15_controlnet_config,
+    )
+    from backend.models.sd15 import SD15_UNET_CONFIG
+
+    def tiny_text(hidden: int, act: str, projection: int) -> dict[str, Any]:
+        return dict(
+            vocab_size=49408, hidden_size=hidden, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, projection_dim=projection, hidden_act=act,
+        )  # fmt: skip
+
+    if family == "sd15":
+        if tiny:
+            width = t.TINY_UNET_CONFIG["cross_attention_dim"]
+            return dict(
+                unet=t.tiny_unet_config(),
+                controlnet=t.tiny_controlnet_config(),
+                text=tiny_text(width, "quick_gelu", width),
+                vae=t.tiny_vae_config(),
+            )
+        return dict(unet=SD15_UNET_CONFIG, controlnet=sd15_controlnet_config(), text=CLIP_L_TEXT, vae=SD_VAE)
+    if tiny:
+        half = t.TINY_SDXL_UNET_CONFIG["cross_attention_dim"] // 2
+        return dict(
+            unet=t.tiny_sdxl_unet_config(),
+            controlnet=t.tiny_sdxl_controlnet_config(),
+            text=tiny_text(half, "quick_gelu", half),
+            text_2=tiny_text(half, "gelu", t.TINY_SDXL_POOLED_DIM),
+            vae={**t.tiny_vae_config(), "scaling_factor": 0.13025, "force_upcast": True},
+            scheduler=SDXL_EULER,
+        )
+    return dict(
+        unet=pasd_sdxl_unet_config(),
+        controlnet=pasd_sdxl_controlnet_config(),
+        text=CLIP_L_TEXT,
+        text_2=BIGG_TEXT,
+        vae=SDXL_VAE,
+        scheduler=SDXL_EULER,
+    )
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules built inside get their parameters on the meta device: no memory, no initialisation.
+    Buffers (CLIP's position ids) stay real."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
+
+    torch.nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def materialise(module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Module:
+    """Give a module built under :func:`parameters_on_meta` real parameters on ``device`` in ``dtype``:
+    matrices and kernels ~ N(0, 1/fan_in) copied from one random pool (memory speed, where a random draw
+    per element takes half a minute on a small CPU), norm scales 1, biases 0."""
+    pool = torch.randn(1 << 22, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    made: dict[int, torch.nn.Parameter] = {}
+    with torch.no_grad():
+        for sub in module.modules():
+            for name, param in sub._parameters.items():
+                if param is None:
+                    continue
+                if id(param) not in made:
+                    data = torch.empty(param.shape, device=device, dtype=dtype)
+                    if param.ndim > 1:
+                        flat = data.view(-1)
+                        for i in range(0, flat.numel(), pool.numel()):
+                            part = flat[i : i + pool.numel()]
+                            part.copy_(pool[: part.numel()])
+                        flat.mul_(param[0].numel() ** -0.5)
+                    else:
+                        data.fill_(1.0 if name == "weight" else 0.0)
+                    made[id(param)] = torch.nn.Parameter(data, requires_grad=False)
+                sub._parameters[name] = made[id(param)]
+    return torch.nn.Module.to(module, device=device, dtype=dtype)  # the buffers
+
+
+def build(factory: Callable[[], Any], device: torch.device | str, dtype: torch.dtype, fast: bool) -> Any:
+    """``factory()``; with ``fast``, its weights made on ``device`` in ``dtype`` (:func:`materialise`),
+    else initialised by the classes on the CPU in float32, as SD1.5's benchmark always did."""
+    if not fast:
+        return factory()
+    with parameters_on_meta():
+        module = factory()
+    return materialise(module, device, dtype)
+
+
+def peak_gib(cuda: bool) -> float:
+    """``torch.cuda.max_memory_allocated`` on a GPU, else the process's peak resident set."""
+    if cuda:
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes there, KiB on Linux
+
+
+def build_ours(args: argparse.Namespace, spec: dict[str, Any], tokenizers: list[Path]):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UniPCMultistepScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from backend.devices import choose_device
     from backend.models.pasd import PasdControlNetModel, PasdUNet2DConditionModel
-    from backend.models.pasd.configs import sd15_controlnet_config
-    from backend.models.sd15 import SD15_UNET_CONFIG
+    from backend.models.sdxl.text import SdxlText
     from backend.pipelines.pasd import PasdPipeline
+    from backend.pipelines.pasd_sdxl import PasdSdxlPipeline
 
-    choice = choose_device(device, dtype)
+    choice = choose_device(args.device, args.dtype)
+    sdxl = args.family == "sdxl"
+    device, dtype = choice.device, choice.dtype
     torch.manual_seed(0)
-    pipe = PasdPipeline(
-        vae=AutoencoderKL(**SD_VAE),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)),
-        tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
-        unet=PasdUNet2DConditionModel.from_config(SD15_UNET_CONFIG, pasd_variant="full"),
-        controlnet=PasdControlNetModel.from_config(sd15_controlnet_config()),
-        scheduler=UniPCMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-        choice=choice,
+    unet = build(
+        lambda: PasdUNet2DConditionModel.from_config(spec["unet"], pasd_variant="full"), device, dtype, sdxl
     )
-    if compile_:
+    controlnet = build(lambda: PasdControlNetModel.from_config(spec["controlnet"]), device, dtype, sdxl)
+    vae = build(lambda: AutoencoderKL(**spec["vae"]), device, choice.vae_dtype, sdxl)
+    text_encoder = build(lambda: CLIPTextModel(CLIPTextConfig(**spec["text"])), device, dtype, sdxl)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizers[0]))
+    if sdxl:
+        text = SdxlText(
+            text_encoder=text_encoder,
+            text_encoder_2=build(
+                lambda: CLIPTextModelWithProjection(CLIPTextConfig(**spec["text_2"])), device, dtype, True
+            ),
+            tokenizer=tokenizer,
+            tokenizer_2=CLIPTokenizer.from_pretrained(str(tokenizers[1])),
+        )
+        scheduler = EulerDiscreteScheduler(**spec["scheduler"])
+        pipe = PasdSdxlPipeline(
+            vae=vae, text=text, unet=unet, controlnet=controlnet, scheduler=scheduler, choice=choice
+        )
+    else:
+        scheduler = UniPCMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+        pipe = PasdPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
+            choice=choice,
+        )
+    if args.compile:
         pipe.unet = torch.compile(pipe.unet, dynamic=False)
         pipe.controlnet = torch.compile(pipe.controlnet, dynamic=False)
     return pipe, choice
 
 
-def run_ours(args: argparse.Namespace, tokenizer_dir: Path) -> dict:
+def run_ours(args: argparse.Namespace, spec: dict[str, Any], tokenizers: list[Path]) -> dict:
     from backend.image_ops import resize
+    from backend.pipelines.base import DenoiseTiling
 
-    pipe, choice = build_ours(args.device, args.dtype, tokenizer_dir, args.compile)
+    pipe, choice = build_ours(args, spec, tokenizers)
+    job = JOBS[args.family]
+    tiling = DenoiseTiling(*SDXL_LATENT_TILE) if args.family == "sdxl" else None
     size = args.size * 2
     small = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     image = resize(small, (size, size))
@@ -80,44 +255,69 @@ def run_ours(args: argparse.Namespace, tokenizer_dir: Path) -> dict:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            pipe(image, prompt="a photo", negative_prompt="blurry", steps=args.steps, guidance=7.5, seed=i)
+            pipe(
+                image, prompt="a photo", negative_prompt="blurry", steps=args.steps, guidance=job["guidance"],
+                seed=i, scale_map=job["conditioning_scale"], tiling=tiling,
+            )  # fmt: skip
             if choice.device.type == "cuda":
                 torch.cuda.synchronize()
             if i:
                 times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if choice.device.type == "cuda" else float("nan")
+    peak = peak_gib(choice.device.type == "cuda")
     dtype = str(choice.dtype)
     return {"name": "ours", "device": choice.name, "dtype": dtype, "seconds": min(times), "peak_gib": peak}
 
 
+def release_heap() -> None:
+    """Hand the CPU memory our models held back to the system before the reference runs beside this
+    process (glibc keeps freed small blocks otherwise)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=512, help="input side; the output is twice that")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--family", choices=sorted(JOBS), default="sd15")
+    parser.add_argument("--size", type=int, help="input side; the output is twice that (sd15 512, sdxl 1024)")
+    parser.add_argument("--steps", type=int, help="sd15 20, sdxl 25")
     parser.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up; the best counts")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet")
     parser.add_argument("--reference-python", help="python of an environment with the reference's pins")
     parser.add_argument("--pasd-repo", type=Path, help="checkout of github.com/yangxy/PASD")
+    parser.add_argument("--tiny-widths", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    job = JOBS[args.family]
+    args.size = args.size or job["size"]
+    args.steps = args.steps or job["steps"]
+    if args.reference_python and not args.pasd_repo:
+        parser.error("--reference-python needs --pasd-repo")
 
     from backend.models.tiny import write_tokenizer
 
+    spec = components(args.family, args.tiny_widths)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer_dir = Path(tmp) / "tokenizer"
-        write_tokenizer(tokenizer_dir)
-        rows.append(run_ours(args, tokenizer_dir))
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        tokenizers = [Path(tmp) / "tokenizer"]
+        write_tokenizer(tokenizers[0])
+        if args.family == "sdxl":
+            tokenizers.append(Path(tmp) / "tokenizer_2")
+            write_tokenizer(tokenizers[1], pad_token="!")  # SDXL's second tokenizer pads with "!"
+        rows.append(run_ours(args, spec, tokenizers))
+        release_heap()
         if args.reference_python:
-            if not args.pasd_repo:
-                parser.error("--reference-python needs --pasd-repo")
+            spec_file = Path(tmp) / "components.json"
+            spec_file.write_text(json.dumps(spec))
             cmd = [args.reference_python, str(HERE / "reference_pasd.py"), "--pasd-repo", str(args.pasd_repo)]
+            cmd += ["--family", args.family, "--components", str(spec_file)]
             cmd += ["--size", str(args.size), "--steps", str(args.steps), "--runs", str(args.runs)]
             cmd += ["--device", args.device]
-            cmd += ["--dtype", args.dtype, "--tokenizer", str(tokenizer_dir)]
+            cmd += ["--dtype", args.dtype]
+            cmd += [arg for path in tokenizers for arg in ("--tokenizer", str(path))]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 print(done.stderr[-4000:], file=sys.stderr)
@@ -125,11 +325,15 @@ def main() -> int:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
 
     out = args.size * 2
-    print(f"\nPASD full width, random weights, {args.size}² → {out}², {args.steps} steps, guidance 7.5")
+    name = "PASD-SDXL" if args.family == "sdxl" else "PASD"
+    widths = "TINY widths (a plumbing check, not a benchmark)" if args.tiny_widths else "full width"
+    print(f"\n{name} {widths}, random weights, {args.size}² → {out}², {args.steps} steps, ", end="")
+    print(f"guidance {job['guidance']}, ControlNet scale {job['conditioning_scale']}")
     print(f"{'pipeline':<10} {'device':<28} {'dtype':<15} {'s/image':>8} {'peak GiB':>9}")
     for row in rows:
         name, device, dtype = row["name"], row["device"], row["dtype"]
         print(f"{name:<10} {device:<28} {dtype:<15} {row['seconds']:>8.2f} {row['peak_gib']:>9.2f}")
+    print("peak: CUDA max_memory_allocated of the last run; CPU: the process's peak resident set")
     if len(rows) == 2:
         print(f"\nspeed-up over the reference: {rows[1]['seconds'] / rows[0]['seconds']:.2f}×")
     return 0
