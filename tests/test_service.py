@@ -109,6 +109,17 @@ def test_sixteen_bit_rgba_keeps_depth_and_alpha(server: ServerProcess) -> None:
     assert out[:, :20, 3].max() == 0 and out[:, 28:, 3].min() == np.uint16(0.8 * 65535 + 0.5)
 
 
+def test_unset_parameters_take_the_models_own_values(server: ServerProcess) -> None:
+    client = server.client()
+    image = client.upload(raw(gradient(24, 24))).id
+    unset = client.wait(client.submit(image, {**FAST, "guidance": None, "negative_prompt": None}).id)
+    given = client.wait(client.submit(image, {**FAST, "guidance": 7.5}).id)  # PASD's own guidance
+    assert unset.params["guidance"] is None  # the job records what was asked
+    assert unset.result is not None and given.result is not None
+    assert unset.result["negative_prompt"] == given.result["negative_prompt"] != ""
+    assert np.array_equal(pixels(client.result_image(unset.id)), pixels(client.result_image(given.id)))
+
+
 def test_upload_once_use_twice(server: ServerProcess) -> None:
     client = server.client()
     image = client.upload(raw(gradient(32, 32)))
@@ -402,6 +413,12 @@ def test_models_lists_installed_and_downloadable(server: ServerProcess) -> None:
     downloadable = {m["id"]: m for m in models["downloadable"]}
     assert downloadable["pasd"]["size_bytes"] > 1e9 and not downloadable["pasd"]["installed"]
     assert downloadable["pasd"]["licence"]
+    # Each model's family and own settings (what unset parameters become), per task.
+    full = installed["tiny-full"]
+    assert full["family"] == "pasd" and full["defaults"]["upscale"]["steps"] == 20
+    assert installed["tiny-color"]["defaults"]["colorize"]["negative_prompt"] == "b&w, color bleeding"
+    sdxl = downloadable["pasd-sdxl"]
+    assert sdxl["family"] == "pasd-sdxl" and sdxl["gpu_memory_gb"] >= 8 and "colorize" in sdxl["note"]
 
 
 def test_openapi_describes_the_api(server: ServerProcess) -> None:
