@@ -178,13 +178,18 @@ def build(factory: Callable[[], Any], device: torch.device | str, dtype: torch.d
 
 
 def peak_gib(cuda: bool) -> float:
-    """``torch.cuda.max_memory_allocated`` on a GPU, else the process's peak resident set."""
+    """``torch.cuda.max_memory_allocated`` on a GPU, else the process's peak resident set: VmHWM on
+    Linux (``ru_maxrss`` would count the parent's peak into the reference's: it survives fork and exec)."""
     if cuda:
         return torch.cuda.max_memory_allocated() / 2**30
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes there, KiB on Linux
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes there, KiB elsewhere
 
 
 def build_ours(args: argparse.Namespace, spec: dict[str, Any], tokenizers: list[Path]):

@@ -100,8 +100,7 @@ class PasdPipeline:
     ) -> PasdPipeline:
         """Load every component of an installed model folder (official layouts, strict loading)."""
         root, manifest = model.root, model.manifest
-        unet = PasdUNet2DConditionModel.from_pretrained(manifest.resolve(root, "unet"))
-        controlnet = PasdControlNetModel.from_pretrained(manifest.resolve(root, "controlnet"))
+        unet, controlnet = load_pasd_parts(model)
         if unet.pasd_variant != manifest.variant:
             raise ModelLoadError(
                 f"{root}: pasd_model.json says variant {manifest.variant!r} but the UNet weights are "
@@ -464,6 +463,13 @@ class PasdPipeline:
             torch.nn.Module.to(self.vae, torch.float32)
             tiled_decode(self.vae, latents, tiling, out=out, check_cancel=check_cancel, on_tile=on_tile)
         return out.add_(1).mul_(0.5).clamp_(0, 1)
+
+
+def load_pasd_parts(model: InstalledModel) -> tuple[PasdUNet2DConditionModel, PasdControlNetModel]:
+    """The PASD UNet and ControlNet of an installed folder, strictly loaded (every family of PASD)."""
+    manifest = model.manifest
+    unet = PasdUNet2DConditionModel.from_pretrained(manifest.resolve(model.root, "unet"))
+    return unet, PasdControlNetModel.from_pretrained(manifest.resolve(model.root, "controlnet"))
 
 
 def check_scheduler(root: Path, tasks: tuple[str, ...], config: dict[str, Any]) -> None:

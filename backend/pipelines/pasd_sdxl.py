@@ -25,7 +25,7 @@ from ..models.pasd import PasdControlNetModel, PasdUNet2DConditionModel
 from ..models.sdxl.text import SdxlText, size_ids
 from ..models.store import InstalledModel
 from .base import CancelFn, NoiseAnchor, ProgressFn, TextConditioning, TraceFn, emit
-from .pasd import PasdPipeline
+from .pasd import PasdPipeline, load_pasd_parts
 from .tiled_vae import VaeTiling
 
 
@@ -72,8 +72,7 @@ class PasdSdxlPipeline(PasdPipeline):
     ) -> PasdSdxlPipeline:
         """Load every component (official layouts, strict loading of the PASD parts)."""
         root, manifest = model.root, model.manifest
-        unet = PasdUNet2DConditionModel.from_pretrained(manifest.resolve(root, "unet"))
-        controlnet = PasdControlNetModel.from_pretrained(manifest.resolve(root, "controlnet"))
+        unet, controlnet = load_pasd_parts(model)
         if unet.pasd_variant != "full" or unet.config.addition_embed_type != "text_time":
             raise ModelLoadError(
                 f"{root}: pasd_model.json says PASD-SDXL, but the UNet is not SDXL-shaped "
