@@ -460,6 +460,8 @@ class Controls(QWidget):
 
     def _show_model_info(self) -> None:
         d = self.shown_defaults
+        # PASD-SDXL starts from pure noise: there is no added noise level to turn.
+        self.noise.setEnabled(d.added_noise_level is not None)
         model_id = self.model_combo.currentData()
         entry = next((m for m in self.models.get("installed", []) if m["id"] == model_id), None)
         family = {"pasd": "PASD (SD1.5)", "pasd-sdxl": "PASD-SDXL"}.get((entry or {}).get("family", ""), "")

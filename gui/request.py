@@ -49,6 +49,7 @@ def build_request(task: str, settings: DialogSettings, model: ModelDefaults | No
     )
     d = model or fallback_defaults(task)
     params = params.with_(
+        added_noise_level=settings.added_noise_level if d.added_noise_level is not None else None,
         quality_prompt=_words(settings.quality_prompt, d.quality_prompt),
         negative_prompt=_words(settings.negative_prompt, d.negative_prompt),
     ).validate()

@@ -305,6 +305,7 @@ def test_choosing_a_model_shows_its_own_settings(
         assert c.model_info.text().startswith("PASD-SDXL: its settings are 25 steps, guidance 7")
         params = dialog.request().params
         assert params["quality_prompt"] == SDXL.quality_prompt and params["steps"] == 25
+        assert params["added_noise_level"] is None and not c.noise.isEnabled()  # it starts from noise
         # Faithful on SDXL is Faithful of SDXL's settings; back on PASD it is PASD's Faithful.
         c.preset.setCurrentIndex(c.preset.findData("Faithful"))
         c.preset.activated.emit(c.preset.currentIndex())
