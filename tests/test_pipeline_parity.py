@@ -31,7 +31,11 @@ stays out of the comparison:
 - Colorize: we keep the original's linear-light luminance and take the chroma from the model
   (``image_ops.transfer_colour``); the reference swaps YUV chroma on 8-bit images with cv2. The
   final image is compared with our transfer applied to the reference's decoded image.
-- Region fidelity (``upscale_mask``): the reference ControlNet takes one scalar scale, so the
+- PASD-SDXL (``sdxl_*``): the same pre-scaling, prompt and 8-bit differences; the reference runs
+  untiled at these sizes as ours does (one latent tile: it tiles only past 180² latent pixels, and
+  its VAE is never tiled, where ours tiles large images with shared GroupNorm statistics); the
+  reference's float16 VAE is the fp16-fix one, as ours (without it ours decodes in float32).
+- Region fidelity (``upscale_mask``, ``sdxl_mask``): the reference ControlNet takes one scalar scale, so the
   recorder multiplies its residuals by the same per-pixel map, area-averaged to each residual's
   size, as our ControlNet does; this case checks the rest of the pipeline under a map, not the
   map's resampling itself.
