@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from backend.client import DownloadStatus
-from backend.models.registry import ModelDefaults, recommend_model
+from backend.models.registry import FAMILIES, ModelDefaults, recommend_model
 
 from .request import output_size
 from .settings import (
@@ -464,7 +464,8 @@ class Controls(QWidget):
         self.noise.setEnabled(d.added_noise_level is not None)
         model_id = self.model_combo.currentData()
         entry = next((m for m in self.models.get("installed", []) if m["id"] == model_id), None)
-        family = {"pasd": "PASD (SD1.5)", "pasd-sdxl": "PASD-SDXL"}.get((entry or {}).get("family", ""), "")
+        known = FAMILIES.get((entry or {}).get("family", ""))
+        family = known.short if known else ""
         own = "its" if entry else "the model's"
         self.model_info.setText(
             (f"{family}: " if family else "")

@@ -290,7 +290,7 @@ def test_choosing_a_model_shows_its_own_settings(
         dialog = open_dialog(qtbot, make_job(tmp / "job", running.url, settings={}))
         c = dialog.controls
         qtbot.waitUntil(lambda: c.model_combo.findData("tiny-sdxl") >= 0, timeout=30000)
-        assert "PASD (SD1.5)" not in c.model_info.text() and "20 steps" in c.model_info.text()
+        assert c.model_info.text().startswith("the model's settings are 20 steps, guidance 7.5")
         c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-sdxl"))
         c.model_combo.activated.emit(c.model_combo.currentIndex())
         v = dialog.values()
@@ -320,6 +320,7 @@ def test_choosing_a_model_shows_its_own_settings(
         v = dialog.values()
         assert (v.steps, v.guidance, v.fidelity_fg, v.fidelity_bg) == (15, 4.0, 1.6, 1.4)
         assert v.process_size == 768 and c.preset.currentText() == "Faithful"
+        assert c.model_info.text().startswith("PASD: its settings are 20 steps")
         assert c.negative_words.text() == PASD.negative_prompt
         # Edited words stay the user's when the model changes.
         c.negative_words.setText("fog")

@@ -64,6 +64,7 @@ class Family:
 
     id: str
     title: str
+    short: str  # its name in a sentence ("PASD-SDXL")
     base: str  # the registry id of its base components
     defaults: dict[str, ModelDefaults]  # per task
     gpu_memory_gb: float  # roughly what a 2× upscale of a 1 MP photo needs in fp16, tiles automatic
@@ -89,6 +90,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             id="pasd",
             title="PASD on Stable Diffusion 1.5",
+            short="PASD",
             base="sd15",
             defaults={
                 "upscale": _PASD_UPSCALE,
@@ -99,6 +101,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             id="pasd-sdxl",
             title="PASD on Stable Diffusion XL",
+            short="PASD-SDXL",
             base="sdxl",
             defaults={
                 "upscale": ModelDefaults(

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, SchedulerMixin, Uni
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..devices import DeviceChoice
-from ..image_ops import area_resize
+from ..image_ops import area_resize, resize
 from ..models.loading import ModelLoadError
 from ..models.pasd import PasdControlNetModel, PasdUNet2DConditionModel
 from ..models.store import InstalledModel
@@ -293,8 +293,6 @@ class PasdPipeline:
     def _preview_latents(self, image: torch.Tensor) -> torch.Tensor:
         """The input's latents at preview size (the distribution's mean: no random draw), for a
         family whose start does not encode the input."""
-        from ..image_ops import resize
-
         h, w = image.shape[-2:]
         factor = min(1.0, 512 / max(h, w))
         f = self.vae_scale_factor
