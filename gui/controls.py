@@ -463,14 +463,14 @@ class Controls(QWidget):
         # PASD-SDXL starts from pure noise: there is no added noise level to turn.
         self.noise.setEnabled(d.added_noise_level is not None)
         model_id = self.model_combo.currentData()
-        entry = next((m for m in self.models.get("installed", []) if m["id"] == model_id), None)
+        listed = self.models.get("installed", [])
+        entry = next((m for m in listed if m["id"] == model_id), None)
+        if entry is None and model_id is None:  # Automatic: the task's default model
+            entry = next((m for m in listed if self.task in m.get("default_for", [])), None)
         known = FAMILIES.get((entry or {}).get("family", ""))
-        family = known.short if known else ""
-        own = "its" if entry else "the model's"
+        knobs = f"{d.steps} steps, guidance {d.guidance:g}, fidelity {d.fidelity:g}, {d.process_size} px"
         self.model_info.setText(
-            (f"{family}: " if family else "")
-            + f"{own} settings are {d.steps} steps, guidance {d.guidance:g}, fidelity {d.fidelity:g}, "
-            f"{d.process_size} px"
+            f"{known.short}: its settings are {knobs}" if known else f"The model's settings are {knobs}"
         )
 
     def set_models(self, models: dict[str, list[dict[str, Any]]], loaded: bool, selected: str | None) -> int:

@@ -290,7 +290,7 @@ def test_choosing_a_model_shows_its_own_settings(
         dialog = open_dialog(qtbot, make_job(tmp / "job", running.url, settings={}))
         c = dialog.controls
         qtbot.waitUntil(lambda: c.model_combo.findData("tiny-sdxl") >= 0, timeout=30000)
-        assert c.model_info.text().startswith("the model's settings are 20 steps, guidance 7.5")
+        assert c.model_info.text() == "PASD: its settings are 20 steps, guidance 7.5, fidelity 1, 768 px"
         c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-sdxl"))
         c.model_combo.activated.emit(c.model_combo.currentIndex())
         v = dialog.values()
