@@ -13,6 +13,12 @@ from pathlib import Path
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    if args.variant == "supir":
+        from .models.supir.tiny import write_tiny_supir
+
+        root = write_tiny_supir(args.dir, seed=args.seed, base=args.base)
+        print(f"Wrote a tiny SUPIR model (SDXL base as {args.base}) to {root}")
+        return 0
     from .models.tiny import write_tiny_model
 
     root = write_tiny_model(args.dir, variant=args.variant, seed=args.seed, use_rrdb=args.rrdb)
@@ -93,9 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument(
         "--variant",
-        choices=("full", "light", "color", "sdxl"),
+        choices=("full", "light", "color", "sdxl", "supir"),
         default="full",
-        help="PASD full / light / colour on a tiny SD1.5 base, or PASD-SDXL on a tiny SDXL base",
+        help="PASD full / light / colour on a tiny SD1.5 base, PASD-SDXL on a tiny SDXL base, or SUPIR in "
+        "its official single-file layouts",
+    )
+    p.add_argument(
+        "--base",
+        choices=("file", "folders"),
+        default="file",
+        help="SUPIR only: its SDXL base as one official file (default) or as diffusers folders",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rrdb", action="store_true", help="give the ControlNet the RRDB pre-processing blocks")

@@ -33,7 +33,15 @@ from .devices import (
 from .models.loading import ModelLoadError
 from .models.registry import DEFAULT_MODEL_FOR_TASK, get_spec
 from .models.store import InstalledModel, installed_models, resolve_model
-from .pipelines.base import DenoiseTiling, NoiseAnchor, PreviewFn, RestorationPipeline, TraceFn, emit
+from .pipelines.base import (
+    DenoiseTiling,
+    NoiseAnchor,
+    PreviewFn,
+    RestorationPipeline,
+    SamplingKnobs,
+    TraceFn,
+    emit,
+)
 from .pipelines.captioner import Captioner, find_captioner
 from .pipelines.families import load_pipeline
 from .pipelines.params import RestoreParams
@@ -130,8 +138,8 @@ def plan_process_size(out_h: int, out_w: int, process_size: int, task: str) -> t
     return out_h * factor, out_w * factor
 
 
-def _round8(value: float) -> int:
-    return max(8, round(value / 8) * 8)
+def _round_to(value: float, unit: int) -> int:
+    return max(unit, round(value / unit) * unit)
 
 
 class Engine:
@@ -229,10 +237,11 @@ class Engine:
             raise ValueError("plan() needs resolved parameters: call Engine.resolved first")
         out_h = max(1, round(height * params.scale))
         out_w = max(1, round(width * params.scale))
+        unit = getattr(pipeline, "size_unit", 8)  # the sides a family's pipeline accepts
         anchor = None
         if params.frame is None:
             fh, fw = plan_process_size(out_h, out_w, params.process_size, params.task)
-            ph, pw = _round8(fh), _round8(fw)
+            ph, pw = _round_to(fh, unit), _round_to(fw, unit)
         else:  # a crop, processed as the whole image would be: same scale, same noise at its place
             x, y, whole_w, whole_h = params.frame
             if x + width > whole_w or y + height > whole_h:
@@ -242,8 +251,8 @@ class Engine:
             wh, ww = max(1, round(whole_h * params.scale)), max(1, round(whole_w * params.scale))
             fh, fw = plan_process_size(wh, ww, params.process_size, params.task)
             ratio = fh / wh  # process pixels per output pixel, as for the whole image
-            ph, pw = _round8(out_h * ratio), _round8(out_w * ratio)
-            lh, lw = _round8(fh) // 8, _round8(fw) // 8
+            ph, pw = _round_to(out_h * ratio, unit), _round_to(out_w * ratio, unit)
+            lh, lw = _round_to(fh, unit) // 8, _round_to(fw, unit) // 8
             top = min(max(0, round(y * params.scale * ratio / 8)), max(0, lh - ph // 8))
             left = min(max(0, round(x * params.scale * ratio / 8)), max(0, lw - pw // 8))
             anchor = NoiseAnchor(top, left, max(lh, top + ph // 8), max(lw, left + pw // 8))
@@ -253,7 +262,7 @@ class Engine:
             auto = auto_tile_sizes(free_memory(self.choice.device), *widths, self.choice.dtype)
             tile = tile or auto.diffusion
             vae_tile = vae_tile or auto.vae
-        tile = min(tile, max(ph, pw))
+        tile = max(unit, min(tile, max(ph, pw)) // unit * unit)
         lt = tile // 8
         overlap = round(lt * params.tile_overlap)
         count = len(plan_tiles(ph // 8, pw // 8, lt, overlap))
@@ -385,14 +394,26 @@ class Engine:
         if preview is not None:
             preview(to_preview(cond))
 
+        restore: torch.Tensor | float = float(params.restoration_bg)
         if soft is not None:
             m = image_ops.resize(torch.from_numpy(soft)[None, None], process, kind="mask")
+            if params.restoration_fg != params.restoration_bg:
+                restore = m * (params.restoration_fg - params.restoration_bg) + params.restoration_bg
             scale: torch.Tensor | float = m.mul_(params.fidelity_fg - params.fidelity_bg).add_(
                 params.fidelity_bg
             )
             emit(trace, "scale_map", scale)
         else:
             scale = float(params.fidelity_bg)
+        knobs = SamplingKnobs(
+            guidance_start=params.guidance_start,
+            fidelity_start=params.fidelity_start,
+            restoration=params.restoration,
+            restore_map=restore,
+            churn=params.churn,
+            churn_noise=params.churn_noise,
+            color_fix=params.color_fix,
+        )
 
         auto_words = ""
         if params.auto_prompt:
@@ -431,12 +452,13 @@ class Engine:
             preview=preview,
             trace=trace,
             anchor=plan.anchor,
+            knobs=knobs,
         )
-        del scale
+        del scale, knobs, restore
         cancel.check()
         report("finish", 0, 1)
         if params.task == "upscale":
-            if params.color_fix:
+            if params.color_fix and not pipeline.fixes_colour:
                 restored = image_ops.wavelet_color_fix(restored, cond, tile=COLORFIX_BAND, in_place=True)
                 emit(trace, "color_fixed", restored)
             del cond

@@ -39,6 +39,25 @@ SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_LICENCE = "CreativeML Open RAIL++-M (Stable Diffusion XL 1.0)"
 SDXL_VAE_FP16_REPO = "madebyollin/sdxl-vae-fp16-fix"
 SDXL_VAE_FP16_LICENCE = "MIT (SDXL-VAE-FP16-Fix, madebyollin)"
+# SUPIR's official files (Fanghua-Yu/SUPIR's README links them; this mirror holds them unchanged):
+# plain fp32 state dicts of the control model, connectors and denoise encoder only.
+SUPIR_REPO = "camenduru/SUPIR"
+_SUPIR_CKPT_BYTES = 5_329_810_432
+SUPIR_LICENCE = "SUPIR Software License Agreement (SupPixel Pty Ltd): non-commercial use only"
+# SDXL base as one official file (UNet, the 0.9 VAE SUPIR was trained with, both text encoders), fp16.
+_SDXL_FILE_BYTES = (2_567_463_684 + 83_653_863 + 123_060_480 + 694_659_840) * 2
+
+# Terms a user must accept before a model's weights are fetched: id → what is shown and accepted.
+LICENCE_TERMS: dict[str, str] = {
+    "supir": (
+        "SUPIR's code, weights and architecture are licensed by SupPixel Pty Ltd under the SUPIR "
+        "Software License Agreement: NON-COMMERCIAL USE ONLY. You may restore photos for personal, "
+        "research or educational purposes. You may not use SUPIR or its results commercially (paid "
+        "work, products, services) without SupPixel's written permission. SUPIR runs on Stable "
+        "Diffusion XL (CreativeML Open RAIL++-M). Full terms: "
+        "https://github.com/Fanghua-Yu/SUPIR/blob/master/LICENSE"
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,12 @@ class ModelDefaults:
     quality_prompt: str
     negative_prompt: str
     added_noise_level: int | None = None  # PASD-SD1.5's noised start; None: the family starts from noise
+    # SUPIR's sampler (None where a family has no such knob; see RestoreParams)
+    guidance_start: float | None = None
+    fidelity_start: float | None = None
+    restoration: float | None = None
+    churn: float | None = None
+    churn_noise: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -120,6 +145,41 @@ FAMILIES: dict[str, Family] = {
             gpu_memory_gb=12.0,
             note="no colour model exists for SDXL: colorize with pasd-color",
         ),
+        Family(
+            id="supir",
+            title="SUPIR on Stable Diffusion XL (non-commercial)",
+            short="SUPIR",
+            base="sdxl-base-file",
+            # SUPIR's test.py today (50 steps, guidance 4 rising linearly from 1, churn 5 × 1.01,
+            # control scale 1, restoration guidance off, short side 1024) and its prompt words.
+            defaults={
+                "upscale": ModelDefaults(
+                    steps=50,
+                    guidance=4.0,
+                    fidelity=1.0,
+                    process_size=1024,
+                    scheduler="edm",
+                    quality_prompt=(
+                        "Cinematic, High Contrast, highly detailed, taken using a Canon EOS R camera, "
+                        "hyper detailed photo - realistic maximum detail, 32k, Color Grading, ultra HD, "
+                        "extreme meticulous detailing, skin pore detailing, hyper sharpness, perfect "
+                        "without deformations."
+                    ),
+                    negative_prompt=(
+                        "painting, oil painting, illustration, drawing, art, sketch, oil painting, "
+                        "cartoon, CG Style, 3D render, unreal engine, blurring, dirty, messy, worst "
+                        "quality, low quality, frames, watermark, signature, jpeg artifacts, deformed, "
+                        "lowres, over-smooth"
+                    ),
+                    guidance_start=1.0,
+                    restoration=-1.0,
+                    churn=5.0,
+                    churn_noise=1.01,
+                )
+            },
+            gpu_memory_gb=12.0,
+            note="non-commercial licence; its terms are shown and must be accepted before download",
+        ),
     )
 }
 
@@ -144,6 +204,7 @@ class ModelSpec:
     family: str | None = None  # FAMILIES key for restoration models, None for components
     optional_files: tuple[str, ...] = ()  # fetched too where the repository holds them
     overrides: dict[str, Any] = field(default_factory=dict)  # this model's own ModelDefaults changes
+    terms: str | None = None  # LICENCE_TERMS id the user must accept before the weights are fetched
 
     def defaults(self, task: str) -> ModelDefaults:
         """The defaults this model runs ``task`` with: its family's, with its own changes."""
@@ -283,6 +344,45 @@ REGISTRY: dict[str, ModelSpec] = {
             ),
             licence=SDXL_LICENCE,
             size_bytes=(123_060_480 + 694_659_840 + 83_653_863) * 4,
+        ),
+        *(
+            ModelSpec(
+                id=f"supir-v0{kind.lower()}",
+                title=title,
+                repo=SUPIR_REPO,
+                files=(f"SUPIR-v0{kind}.ckpt",),
+                licence=f"{SUPIR_LICENCE}; its SDXL base is under {SDXL_LICENCE}",
+                size_bytes=_SUPIR_CKPT_BYTES,
+                tasks=("upscale",),
+                variant="full",
+                requires=("sdxl-base-file", "sdxl-tokenizers"),
+                family="supir",
+                terms="supir",
+            )
+            for kind, title in (
+                ("Q", "SUPIR-v0Q (SDXL restoration, strongest on heavy damage; non-commercial)"),
+                ("F", "SUPIR-v0F (SDXL restoration, keeps more detail on light damage; non-commercial)"),
+            )
+        ),
+        ModelSpec(
+            id="sdxl-base-file",
+            title="Stable Diffusion XL base 1.0 as one file (with the 0.9 VAE), the base SUPIR runs on",
+            repo=SDXL_REPO,
+            files=("sd_xl_base_1.0_0.9vae.safetensors",),
+            licence=SDXL_LICENCE,
+            size_bytes=_SDXL_FILE_BYTES,
+        ),
+        ModelSpec(
+            id="sdxl-tokenizers",
+            title="Stable Diffusion XL's two tokenizers",
+            repo=SDXL_REPO,
+            files=tuple(
+                f"{folder}/{name}"
+                for folder in ("tokenizer", "tokenizer_2")
+                for name in ("merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json")
+            ),
+            licence=SDXL_LICENCE,
+            size_bytes=4 * 1_600_000,
         ),
         ModelSpec(
             id="sdxl-vae-fp16",

@@ -41,12 +41,13 @@ class Source:
     parts: int = 1
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Our tensor from the official one (contiguous, as a model saved in our layout would load)."""
         if self.transform == "conv1x1":
             return tensor.reshape(tensor.shape[0], tensor.shape[1]) if tensor.ndim == 4 else tensor
         if self.transform == "transpose":
-            return tensor.t()
+            return tensor.t().contiguous()
         if self.transform == "chunk":
-            return tensor.chunk(self.parts, dim=0)[self.part]
+            return tensor.chunk(self.parts, dim=0)[self.part].contiguous()
         return tensor
 
 

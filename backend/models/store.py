@@ -22,7 +22,7 @@ from safetensors import safe_open
 from ..paths import models_dir as default_models_dir
 from .loading import ModelLoadError
 from .manifest import MANIFEST_NAME, ModelManifest, read_manifest, write_manifest
-from .registry import FAMILIES, ModelSpec, accepted_names, get_spec, with_requirements
+from .registry import FAMILIES, LICENCE_TERMS, ModelSpec, accepted_names, get_spec, with_requirements
 
 # Training state and pickled checkpoints: loading them can run code, and no component needs them.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -144,6 +144,10 @@ def _manifest_for(spec: ModelSpec, target: Path) -> ModelManifest | None:
         return None
     family = spec.family or "pasd"
     base = FAMILIES[family].base
+    if family == "supir":
+        return supir_manifest(
+            spec.id, spec.title, spec.licence, spec.files[0], f"../{base}", "../sdxl-tokenizers"
+        )
     own = f"{spec.subfolder}/scheduler"  # a checkpoint that brought its own scheduler uses it
     has_own = not spec.scheduler_subfolder and (target / own / "scheduler_config.json").is_file()
     return ModelManifest(
@@ -160,6 +164,51 @@ def _manifest_for(spec: ModelSpec, target: Path) -> ModelManifest | None:
         extra={"vae_fp16": f"../{r}"} if (r := "sdxl-vae-fp16") in spec.requires else {},
         overrides=dict(spec.overrides),
     )
+
+
+def supir_manifest(
+    model_id: str,
+    title: str,
+    licence: str,
+    weights: str,
+    base: str,
+    tokenizers: str,
+    base_file: str | None = "sd_xl_base_1.0_0.9vae.safetensors",
+    tiny: bool = False,
+) -> ModelManifest:
+    """A SUPIR folder: its own weights file, the SDXL base (one official file, or without
+    ``base_file`` the diffusers folders in ``base``) and SDXL's tokenizers, paths relative to it."""
+    extra = {
+        "supir": weights,
+        "tokenizer": f"{tokenizers}/tokenizer",
+        "tokenizer_2": f"{tokenizers}/tokenizer_2",
+    }
+    if base_file is not None:
+        extra["base_file"] = f"{base}/{base_file}"
+    return ModelManifest(
+        id=model_id,
+        variant="full",
+        tasks=("upscale",),
+        family="supir",
+        description=title,
+        licence=licence,
+        tiny=tiny,
+        base_dir=base,
+        extra=extra,
+    )
+
+
+class LicenceNotAccepted(ModelDownloadError):
+    """A model's terms must be accepted before its weights are fetched; the message shows them."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.terms = spec.terms or ""
+        super().__init__(
+            f"'{spec.id}' is under terms you must accept before it is downloaded:\n\n"
+            f"{LICENCE_TERMS[self.terms]}\n\n"
+            f"To accept them, run `python -m backend download {spec.id} --accept-licence {self.terms}` "
+            f"(the installer: --accept-licence {self.terms}; the dialog asks in Install…)."
+        )
 
 
 def _adopt_earlier_layout(spec: ModelSpec, target: Path) -> None:
@@ -231,13 +280,25 @@ def _plan_all(specs: list[ModelSpec], root: Path) -> dict[str, list[str]]:
     return plans
 
 
-def download_model(model_id: str, models_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Fetch a registry model (and SD1.5 components it needs) into the per-user model folder."""
+def download_model(
+    model_id: str,
+    models_dir: str | Path | None = None,
+    progress: bool = True,
+    accepted: Collection[str] = (),
+) -> Path:
+    """Fetch a registry model (and the components it needs) into the per-user model folder.
+
+    A model under terms (``ModelSpec.terms``, e.g. SUPIR's non-commercial licence) is fetched only
+    when ``accepted`` names them; otherwise :class:`LicenceNotAccepted` says what they are, before
+    anything is contacted."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     root = _models_dir(models_dir)
     specs = with_requirements(model_id)
+    for spec in specs:
+        if spec.terms and spec.terms not in accepted:
+            raise LicenceNotAccepted(spec)
     for spec in specs:
         _adopt_earlier_layout(spec, root / spec.id)
     damaged = {spec.id: missing_files(spec, root / spec.id) for spec in specs}
@@ -302,6 +363,11 @@ def resolve_model(name_or_path: str | Path, models_dir: str | Path | None = None
             )
         raise ModelLoadError(f"Model {str(name_or_path)!r} is not installed (looked in {path}).{hint}")
     manifest = read_manifest(path)
+    if manifest.family == "supir":
+        for name in ("supir", *(["base_file"] if "base_file" in manifest.extra else [])):
+            if not manifest.resolve(path, name).is_file():
+                raise ModelLoadError(f"{path}: its {name} file is missing ({manifest.resolve(path, name)})")
+        return InstalledModel(path, manifest)
     for name in ("unet", "controlnet"):
         if not manifest.resolve(path, name).is_dir():
             raise ModelLoadError(f"{path}: its {name}/ folder is missing ({manifest.resolve(path, name)})")

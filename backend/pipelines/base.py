@@ -80,6 +80,27 @@ class DenoiseTiling:
     overlap: int
 
 
+@dataclass(frozen=True)
+class SamplingKnobs:
+    """Knobs only some families read (SUPIR's sampler today); a family ignores what it does not use.
+
+    ``guidance_start``: classifier-free guidance at the first step (linear in σ to ``guidance``).
+    ``fidelity_start``: the control scale at the first step (linear to the fidelity map); None keeps
+    it constant. ``restoration``: strength τ of the pull towards the input's latent (≤ 0: off), and
+    ``restore_map`` its per-pixel weight (a float or a [1, 1, H, W] map at image size, 0 = off).
+    ``churn`` / ``churn_noise``: the EDM sampler's added noise per step. ``color_fix``: whether a
+    family that fixes colour against its own reference (SUPIR's stage-1 image) does so.
+    """
+
+    guidance_start: float | None = None
+    fidelity_start: float | None = None
+    restoration: float | None = None
+    restore_map: torch.Tensor | float = 1.0
+    churn: float | None = None
+    churn_noise: float | None = None
+    color_fix: bool = True
+
+
 @dataclass
 class TextConditioning:
     """What the denoiser is conditioned on besides the image: text states ([uncond, cond] with
@@ -98,6 +119,10 @@ class RestorationPipeline(Protocol):
     each loaded from an installed model folder by its ``from_installed`` classmethod."""
 
     max_prompt_tokens: int  # longer prompts are cut (the engine says so in the run's notes)
+    # True when the pipeline applies the colour fix itself (against its own reference image); the
+    # engine then leaves it out.
+    fixes_colour: bool
+    size_unit: int  # image sides (and diffusion tiles) must be multiples of this many pixels
 
     def prompt_token_count(self, prompt: str) -> int: ...
 
@@ -123,6 +148,7 @@ class RestorationPipeline(Protocol):
         preview: PreviewFn | None = None,
         trace: TraceFn | None = None,
         anchor: NoiseAnchor | None = None,
+        knobs: SamplingKnobs | None = None,
     ) -> torch.Tensor:
         """Restore a pre-scaled [1, 3, H, W] image in [0, 1]; returns [1, 3, H, W] float32 on the CPU."""
         ...

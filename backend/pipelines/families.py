@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 PIPELINES = {
     "pasd": "backend.pipelines.pasd:PasdPipeline",
     "pasd-sdxl": "backend.pipelines.pasd_sdxl:PasdSdxlPipeline",
+    "supir": "backend.pipelines.supir:SupirPipeline",  # non-commercial: backend/models/supir/NOTICE.md
 }
 
 

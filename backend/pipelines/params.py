@@ -22,6 +22,11 @@ _FROM_DEFAULTS = {
     "added_noise_level": "added_noise_level",
     "quality_prompt": "quality_prompt",
     "negative_prompt": "negative_prompt",
+    "guidance_start": "guidance_start",
+    "fidelity_start": "fidelity_start",
+    "restoration": "restoration",
+    "churn": "churn",
+    "churn_noise": "churn_noise",
 }
 MIN_TILE = 64  # pixels; below this the UNet's coarsest feature map is a single value
 MAX_SEED = 2**63 - 1
@@ -50,6 +55,17 @@ class RestoreParams:
     process_size: int | None = None
     added_noise_level: int | None = None  # PASD-SD1.5's noised start; families starting from noise ignore it
     color_fix: bool = True
+    # SUPIR's sampler (families without it ignore these): guidance at the first step (linear in the
+    # noise level to ``guidance``); the control scale at the first step (linear to the fidelities;
+    # unset keeps it constant); restoration guidance strength τ (≤ 0 off) and its weight inside and
+    # outside the mask (0 turns it off there); the churn noise per step and its scale.
+    guidance_start: float | None = None
+    fidelity_start: float | None = None
+    restoration: float | None = None
+    restoration_fg: float = 1.0
+    restoration_bg: float = 1.0
+    churn: float | None = None
+    churn_noise: float | None = None
     tile: int | None = None  # diffusion tile, output pixels (multiple of 8); None = from free memory
     tile_overlap: float = 0.25  # fraction of the tile shared with its neighbour
     vae_tile: int | None = None  # VAE tile, output pixels; None = from free memory
@@ -85,6 +101,17 @@ class RestoreParams:
         for name in ("fidelity_fg", "fidelity_bg"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), 0.0, 2.0)
+        for name, low, high in (
+            ("guidance_start", 0.0, 30.0),
+            ("fidelity_start", 0.0, 2.0),
+            ("restoration", -1.0, 10.0),
+            ("restoration_fg", 0.0, 1.0),
+            ("restoration_bg", 0.0, 1.0),
+            ("churn", 0.0, 40.0),
+            ("churn_noise", 0.5, 1.5),
+        ):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), low, high)
         if self.process_size is not None:
             _integer("process_size", self.process_size, 256, 2048)
             if self.process_size % 8:

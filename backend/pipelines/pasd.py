@@ -29,6 +29,7 @@ from .base import (
     NoiseAnchor,
     PreviewFn,
     ProgressFn,
+    SamplingKnobs,
     TextConditioning,
     TraceFn,
     emit,
@@ -52,6 +53,8 @@ class PasdPipeline:
     """
 
     scheduler_class: type[SchedulerMixin] = UniPCMultistepScheduler
+    fixes_colour = False
+    size_unit = 8
 
     def __init__(
         self,
@@ -191,6 +194,7 @@ class PasdPipeline:
         preview: PreviewFn | None = None,
         trace: TraceFn | None = None,
         anchor: NoiseAnchor | None = None,
+        knobs: SamplingKnobs | None = None,
     ) -> torch.Tensor:
         """Restore ``image`` ([1, 3, H, W] in [0, 1], H and W multiples of 8, on the CPU).
 

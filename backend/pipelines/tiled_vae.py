@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
@@ -377,8 +378,12 @@ def tiled_encode(
     on_tile: Progress | None = None,
     from_unit: bool = False,
     noise: torch.Tensor | None = None,
+    encoder: nn.Module | None = None,
 ) -> torch.Tensor:
     """Encode an image ``[B, 3, H, W]`` in [-1, 1] to *scaled* latents ``[B, 4, H/8, W/8]``.
+
+    ``encoder`` replaces the VAE's own encoder (keeping its ``quant_conv``): SUPIR's
+    degradation-robust encoder is used that way.
 
     ``noise`` (``[B, C, H/8, W/8]``), when given, is the sample's noise instead of a draw (a preview
     takes the part of the whole image's noise where its crop lies).
@@ -399,10 +404,16 @@ def tiled_encode(
     scaling = vae.config.scaling_factor
     shift = vae.config.get("shift_factor") or 0.0
 
+    encoder = vae.encoder if encoder is None else encoder
+
+    def moments_of(x: torch.Tensor) -> torch.Tensor:
+        moments = encoder(x)
+        return vae.quant_conv(moments) if vae.quant_conv is not None else moments
+
     if _single_tile(h, w, tiling):
         if check_cancel is not None:
             check_cancel()
-        dist = vae.encode(_vae_input(image, from_unit, device, dtype)).latent_dist
+        dist = DiagonalGaussianDistribution(moments_of(_vae_input(image, from_unit, device, dtype)))
         if sample and noise is not None:
             z = dist.mean + dist.std * noise.to(device=device, dtype=dist.mean.dtype)
         else:
@@ -422,8 +433,7 @@ def tiled_encode(
         noise = noise.to(device=device, dtype=dtype)
 
     def forward(tile: _Tile) -> torch.Tensor:
-        moments = vae.encoder(_vae_input(image[(..., *tile.padded(LATENT_FACTOR))], from_unit, device, dtype))
-        return vae.quant_conv(moments) if vae.quant_conv is not None else moments
+        return moments_of(_vae_input(image[(..., *tile.padded(LATENT_FACTOR))], from_unit, device, dtype))
 
     def emit(tile: _Tile, moments: torch.Tensor) -> None:
         rows, cols = tile.core_in(moments.shape[2], moments.shape[3])
@@ -435,5 +445,5 @@ def tiled_encode(
             z = mean + std * noise[(..., *tile.core())]
         latents[(..., *tile.core())] = ((z - shift) * scaling).float()
 
-    _run_tiles(vae.encoder, _tiles(h, w, tiling), forward, emit, check_cancel, on_tile)
+    _run_tiles(encoder, _tiles(h, w, tiling), forward, emit, check_cancel, on_tile)
     return latents

@@ -87,6 +87,11 @@ class ModelDefaultsInfo(BaseModel):
     quality_prompt: str
     negative_prompt: str
     added_noise_level: int | None = None
+    guidance_start: float | None = None
+    fidelity_start: float | None = None
+    restoration: float | None = None
+    churn: float | None = None
+    churn_noise: float | None = None
 
 
 class InstalledModelInfo(BaseModel):
