@@ -72,7 +72,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
             f"Downloading {model_id} with {', '.join(s.id for s in specs[:-1]) or 'nothing else'}: "
             f"up to {total / 1e9:.2f} GB"
         )
-        path = download_model(model_id, args.models, progress=not args.quiet)
+        path = download_model(model_id, args.models, progress=not args.quiet, accepted=args.accept_licence)
         print(f"{get_spec(model_id).title}: ready in {path}")
     return 0
 
@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+")
     p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--accept-licence",
+        action="append",
+        default=[],
+        metavar="TERMS",
+        help="accept a model's licence terms before its download (e.g. 'supir': SUPIR's non-commercial "
+        "licence; without this the terms are shown and nothing is fetched)",
+    )
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("inspect", help="load a model folder strictly and describe it")

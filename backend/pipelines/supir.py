@@ -19,7 +19,7 @@ offload by stage, and previews whose noise is the whole image's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -42,7 +42,8 @@ from ..models.supir.loading import (
     load_parts,
     read_checkpoint,
 )
-from ..models.supir.sampler import RestoreSampling, quantize, sample, training_sigmas
+from ..models.supir.sampler import RestoreSampling, denoise, sample, training_sigmas
+from ..models.supir.unet import conditioning_vector
 from .base import (
     CancelFn,
     DenoiseTiling,
@@ -144,13 +145,14 @@ class SupirPipeline:
 
     # ------------------------------------------------------------------ run
     def conditioning(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """[uncond, cond] text states and added conditions (pooled text, the constant sizes)."""
+        """[uncond, cond] text states and the added-condition ``vector`` (pooled text and the constant
+        sizes), as the official conditioner makes them."""
         m = self.model
         with self._on_device(m.text_encoder, m.text_encoder_2):
             states, pooled = self.text.encode([negative_prompt, prompt], self.choice.device)
-        dtype = self.choice.dtype
-        ids = torch.tensor([SIZE_IDS, SIZE_IDS], device=self.choice.device, dtype=dtype)
-        return states.to(dtype), {"text_embeds": pooled.to(dtype), "time_ids": ids}
+        ids = torch.tensor([SIZE_IDS, SIZE_IDS], device=self.choice.device)
+        vector = conditioning_vector(m.unet, pooled.float(), ids)
+        return states.to(self.choice.dtype), {"vector": vector.to(self.choice.dtype)}
 
     def __call__(
         self,
@@ -213,7 +215,7 @@ class SupirPipeline:
         check_cancel()
         states, added = self.conditioning(prompt, negative_prompt)
         emit(trace, "prompt_embeds", states)
-        emit(trace, "pooled_prompt_embeds", added["text_embeds"])
+        emit(trace, "vector", added["vector"])
 
         with self._on_device(m.vae, m.denoise_encoder):
             z_lq = self._encode(image, vae_tiling, None, "encode", progress, check_cancel, denoise=True)
@@ -233,27 +235,20 @@ class SupirPipeline:
         tiles = plan_tiles(lh, lw, plan.tile, plan.overlap)
         weights = [w.to(device) for w in blend_weights(tiles, lh, lw)]
         sigmas = self.sigmas.to(device)
-        dtype = self.choice.dtype
         previewer = LatentPreview(z_lq, x_stage1.add(1).mul(0.5)) if preview is not None else None
         estimate: list[torch.Tensor] = []
 
         def guided(
             x: torch.Tensor, sigma_hat: torch.Tensor, scale: torch.Tensor | float, w: torch.Tensor
         ) -> torch.Tensor:
-            sigma_q, index = quantize(sigma_hat, sigmas)
-            c_in = 1 / (sigma_q**2 + 1.0) ** 0.5
             out = torch.zeros_like(x)
             for tile, weight in zip(tiles, weights, strict=True):
                 check_cancel()
                 rows, cols = tile.slices()
-                part = x[..., rows, cols]
-                both = torch.cat([part, part])
+                part, hint = x[..., rows, cols], z_lq[..., rows, cols]
                 tile_scale = scale[..., rows, cols] if torch.is_tensor(scale) else scale
-                hint = z_lq[..., rows, cols]
-                eps = self._network(
-                    both, c_in, index, states, added, torch.cat([hint, hint]), tile_scale, dtype
-                )
-                d = eps * (-sigma_q.repeat(2)[:, None, None, None]) + both
+                network = self._network(states, added, torch.cat([hint, hint]), tile_scale)
+                d = denoise(network, torch.cat([part, part]), torch.cat([sigma_hat, sigma_hat]), sigmas)
                 uncond, cond = d.chunk(2)
                 out[..., rows, cols] += (uncond + w.view(-1, 1, 1, 1) * (cond - uncond)) * weight
             estimate[:] = [out]
@@ -288,24 +283,23 @@ class SupirPipeline:
 
     def _network(
         self,
-        x: torch.Tensor,
-        c_in: torch.Tensor,
-        index: torch.Tensor,
         states: torch.Tensor,
         added: dict[str, torch.Tensor],
         hint: torch.Tensor,
         scale: torch.Tensor | float,
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """ε of the UNet fed by the control model, for the [uncond, cond] batch ``x`` (float32 out)."""
-        m = self.model
-        sample_in = (x * c_in.repeat(2)[:, None, None, None]).to(dtype)
-        t = index.repeat(2)
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """ε(x, t) of the UNet fed by the control model (official ``ControlWrapper``), float32 out."""
+        m, dtype = self.model, self.choice.dtype
         hint = hint.to(dtype)
         if torch.is_tensor(scale):
             scale = scale.to(dtype)
-        control = m.control(hint, sample_in, t, states, added)
-        return m.unet(sample_in, t, states, added, control, scale).float()
+
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x = x.to(dtype)
+            control = m.control(hint, x, t, states, added)
+            return m.unet(x, t, states, added, control, scale).float()
+
+        return eps
 
     def _encode(
         self,

@@ -63,6 +63,19 @@ def quantize(sigma: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, t
     return sigmas[index], index
 
 
+def denoise(
+    network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    sigmas: torch.Tensor,
+) -> torch.Tensor:
+    """The official ε-denoiser: ``D = x − σ_q·ε(x·c_in, j)`` with σ quantised to training step j
+    (``network(scaled x, j)`` returns ε)."""
+    sigma_q, index = quantize(sigma, sigmas)
+    s = sigma_q[:, None, None, None]
+    return network(x * (1 / (s**2 + 1.0) ** 0.5), index) * (-s) + x
+
+
 @dataclass(frozen=True)
 class RestoreSampling:
     """The sampler's knobs, named as SUPIR's ``test.py`` arguments.

@@ -50,8 +50,21 @@ def _embeddings(
     text: torch.Tensor,
     added: dict[str, torch.Tensor],
 ) -> torch.Tensor:
+    """Time embedding plus the added conditions: ``vector`` (the official conditioner's output,
+    see :func:`conditioning_vector`) or diffusers' ``text_embeds`` and ``time_ids``."""
     emb = model.time_embedding(model.get_time_embed(sample=sample, timestep=timestep), None)
+    if "vector" in added:
+        return emb + model.add_embedding(added["vector"].to(emb.dtype))
     return emb + model.get_aug_embed(emb=emb, encoder_hidden_states=text, added_cond_kwargs=added)
+
+
+def conditioning_vector(
+    model: UNet2DConditionModel, pooled: torch.Tensor, time_ids: torch.Tensor
+) -> torch.Tensor:
+    """The official conditioner's ``vector``: pooled text, then each size id's sinusoidal
+    embedding (what diffusers computes inside the UNet on every call; computed once here)."""
+    sizes = model.add_time_proj(time_ids.flatten()).reshape(pooled.shape[0], -1)
+    return torch.cat([pooled, sizes.to(pooled.dtype)], dim=-1)
 
 
 def _down(
