@@ -65,3 +65,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_supir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SUPIR in the official file layouts (pickled .ckpt, SDXL single file), in its own folder."""
+    from backend.models.supir.tiny import write_tiny_supir
+
+    return write_tiny_supir(tmp_path_factory.mktemp("supir-models") / "tiny-supir", seed=7)

@@ -39,10 +39,12 @@ SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_LICENCE = "CreativeML Open RAIL++-M (Stable Diffusion XL 1.0)"
 SDXL_VAE_FP16_REPO = "madebyollin/sdxl-vae-fp16-fix"
 SDXL_VAE_FP16_LICENCE = "MIT (SDXL-VAE-FP16-Fix, madebyollin)"
-# SUPIR's official files (Fanghua-Yu/SUPIR's README links them; this mirror holds them unchanged):
-# plain fp32 state dicts of the control model, connectors and denoise encoder only.
-SUPIR_REPO = "camenduru/SUPIR"
-_SUPIR_CKPT_BYTES = 5_329_810_432
+# SUPIR's weights as Kijai's float16 safetensors of the official checkpoints (the official keys, read
+# by ComfyUI-SUPIR key by key): half the download of the official fp32 pickles (SUPIR-v0Q.ckpt,
+# 5.33 GB, which load too when given as a local file) and no pickle to fetch. Only SUPIR's parts:
+# control model, connectors, denoise encoder (tests/fixtures/supir/inventory_full.json: 1,332.3 M).
+SUPIR_REPO = "Kijai/SUPIR_pruned"
+_SUPIR_FP16_BYTES = 1_332_339_912 * 2
 SUPIR_LICENCE = "SUPIR Software License Agreement (SupPixel Pty Ltd): non-commercial use only"
 # SDXL base as one official file (UNet, the 0.9 VAE SUPIR was trained with, both text encoders), fp16.
 _SDXL_FILE_BYTES = (2_567_463_684 + 83_653_863 + 123_060_480 + 694_659_840) * 2
@@ -350,9 +352,9 @@ REGISTRY: dict[str, ModelSpec] = {
                 id=f"supir-v0{kind.lower()}",
                 title=title,
                 repo=SUPIR_REPO,
-                files=(f"SUPIR-v0{kind}.ckpt",),
+                files=(f"SUPIR-v0{kind}_fp16.safetensors",),
                 licence=f"{SUPIR_LICENCE}; its SDXL base is under {SDXL_LICENCE}",
-                size_bytes=_SUPIR_CKPT_BYTES,
+                size_bytes=_SUPIR_FP16_BYTES,
                 tasks=("upscale",),
                 variant="full",
                 requires=("sdxl-base-file", "sdxl-tokenizers"),
