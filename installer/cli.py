@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from .errors import InstallError
-from .models import load_registry, parse_model_ids
+from .models import check_terms, load_registry, parse_model_ids
 from .platform_paths import Platform, find_gimp_profiles
 from .plugin import DEFAULT_URL
 from .state import STATE_NAME, InstallState
@@ -24,7 +24,7 @@ from .uninstall import uninstall
 
 MIN_PYTHON = (3, 10)
 REMEMBERED = ("torch", "torch_spec", "torch_index_url", "editable", "backend_python", "gimp_profile",
-              "plugin", "models", "models_dir", "url", "token", "ca_file")  # fmt: skip
+              "plugin", "models", "models_dir", "url", "token", "ca_file", "accept_licence")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action=argparse.BooleanOptionalAction, default=None,
                    help="install the GIMP plug-in (--no-plugin: a backend-only machine)")  # fmt: skip
     p.add_argument("--models", help="models to download, e.g. 'pasd,color' (ids: python -m backend models)")
+    p.add_argument("--accept-licence", action="append", metavar="TERMS",
+                   help="accept a model's licence terms so it may be downloaded (e.g. 'supir': SUPIR's "
+                        "non-commercial licence; else it only shows the terms)")  # fmt: skip
     p.add_argument("--models-dir", help="model folder (default: per-user data folder; GDU_MODELS_DIR)")
     p.add_argument("--url", help=f"backend address the plug-in uses (default {DEFAULT_URL})")
     p.add_argument("--token", help="access token of a backend on another machine")
@@ -79,6 +82,8 @@ def merge_options(
             continue
         if name == "models":
             value = parse_model_ids(value) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
+        elif name == "accept_licence":
+            value = tuple(dict.fromkeys([*remembered.get(name, ()), *value]))  # type: ignore[misc]
         elif name in ("backend_python", "gimp_profile", "models_dir", "ca_file"):
             value = Path(str(value)).expanduser().absolute() if value else None
         elif name in ("torch_index_url", "token"):
@@ -140,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not options.backend_python:
             plan = choose_torch(facts, options.torch, options.torch_spec, options.torch_index_url)
         profiles = find_gimp_profiles(platform, options.gimp_profile) if options.plugin else []
+        check_terms(options.models, options.accept_licence)
         ctx = Context(options, platform, state, data_dir, profiles, plan)
         _header(ctx)
         _advise_model(ctx, facts)

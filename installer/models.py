@@ -134,9 +134,24 @@ def hub_caches(python: Path, needs: list[ModelNeed]) -> list[Path]:
     return [Path(hub) / f"models--{repo.replace('/', '--')}" for repo in repos] + ([Path(xet)] if xet else [])
 
 
-def download(python: Path, ids: tuple[str, ...], models_dir: Path) -> None:
+def check_terms(ids: tuple[str, ...], accepted: tuple[str, ...]) -> None:
+    """Refuse, showing the terms, models whose licence must be accepted first (SUPIR's)."""
+    registry = load_registry()
+    for model_id in ids:
+        terms = registry.get_spec(model_id).terms
+        if terms and terms not in accepted:
+            raise InstallError(
+                f"{model_id} is under terms you must accept before it is downloaded:\n\n"
+                f"{registry.LICENCE_TERMS[terms]}\n\nTo accept them, run the installer again with "
+                f"--accept-licence {terms}; or leave {model_id} out of --models."
+            )
+
+
+def download(python: Path, ids: tuple[str, ...], models_dir: Path, accepted: tuple[str, ...] = ()) -> None:
     """``python -m backend download IDS --models DIR`` with its progress bars on the terminal."""
-    done = run([python, "-I", "-m", "backend", "download", *ids, "--models", models_dir], capture=False)
+    terms = [arg for t in accepted for arg in ("--accept-licence", t)]
+    command = [python, "-I", "-m", "backend", "download", *ids, "--models", models_dir, *terms]
+    done = run(command, capture=False)
     if done.returncode != 0:
         raise InstallError(
             f"The model download stopped (exit code {done.returncode}); its message is above. Run the "

@@ -39,6 +39,7 @@ class Options:
     url: str = DEFAULT_URL
     token: str | None = None
     ca_file: Path | None = None
+    accept_licence: tuple[str, ...] = ()  # licence terms the user accepted (registry LICENCE_TERMS ids)
     dry_run: bool = False
 
 
@@ -307,7 +308,7 @@ class DownloadModels(Step):
             if not cache.exists():
                 ctx.state.make_dirs(cache.parent, MODELS)
                 ctx.state.record(cache, "tree", MODELS)
-        model_files.download(ctx.python, ctx.options.models, ctx.models_dir)
+        model_files.download(ctx.python, ctx.options.models, ctx.models_dir, ctx.options.accept_licence)
         if damaged := model_files.verify(ctx.python, ctx.options.models, ctx.models_dir):
             raise InstallError(f"After the download these model files are missing or damaged: {damaged}")
         ctx.out(f"      verified: {', '.join(ctx.options.models)} in {ctx.models_dir}")

@@ -338,6 +338,14 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     assert f"would write {home.plugin}" in out
     assert "pasd-color" in out and "Total to download: about 11.70 GB" in out
     assert "Dry run: nothing was changed." in out
+    # Accepted terms let SUPIR through, with its licence and its SDXL base in the plan.
+    out = ok(
+        home.install(
+            "--dry-run", "--torch-spec", TORCH_SPEC, "--models", "supir-v0q", "--accept-licence", "supir"
+        )
+    )
+    assert "supir-v0q" in out and "sdxl-base-file" in out and "non-commercial use only" in out
+    assert home.snapshot() == pristine
 
     ok(home.install("--backend-python", sys.executable))
     installed = home.snapshot()
@@ -383,6 +391,9 @@ def test_choices_that_cannot_work_fail_with_a_message(tmp_path: Path) -> None:
         (("--torch", "mps"), "Apple MPS needs a Mac"),
         (("--models", "pasd,nonsense"), "Unknown model 'nonsense'"),
         (("--backend-python", str(tmp_path / "missing" / "python")), "does not run"),
+        # SUPIR's non-commercial terms are shown and must be accepted before anything happens
+        (("--models", "supir-v0q"), "NON-COMMERCIAL USE ONLY"),
+        (("--models", "supir-v0f"), "--accept-licence supir"),
     ):
         done = home.install(*args)
         assert done.returncode == 1 and message in done.stderr, done.stderr
