@@ -166,6 +166,7 @@ def check_models(models_dir: Path) -> list[Check]:
                     f"{sys.executable} -m backend download {model_id} --models {models_dir} (it repairs)",
                 )
             )
+    checks += [_check_supir(m.root, m.manifest) for m in installed if m.manifest.family == "supir"]
     for task, default in DEFAULT_MODEL_FOR_TASK.items():
         able = [m.root.name for m in installed if task in m.manifest.tasks]
         if default in able:
@@ -291,8 +292,33 @@ def check_server(url: str, token: str | None, config: PluginConfig | None) -> Ch
 
 
 # --------------------------------------------------------------------------- self-test
+def _check_supir(root: Path, manifest: Any) -> Check:
+    """SUPIR's parts (control model, connectors, denoise encoder) and its SDXL base checked key by
+    key and shape by shape against the official layout, from the files' headers."""
+    from .models.loading import ModelLoadError
+    from .models.supir.configs import full_configs
+    from .models.supir.loading import check_files
+    from .models.supir.tiny import tiny_supir_configs
+
+    try:
+        configs = tiny_supir_configs(manifest.resolve(root, "tokenizer")) if manifest.tiny else full_configs()
+        base = manifest.resolve(root, "base_file") if "base_file" in manifest.extra else None
+        report = check_files(configs, manifest.resolve(root, "supir"), base)
+    except (ModelLoadError, OSError) as exc:
+        return Check(
+            f"model {root.name}",
+            FAIL,
+            " ".join(line.strip() for line in str(exc).splitlines()[:6])[:400],
+            f"{sys.executable} -m backend download {manifest.id} --accept-licence supir "
+            f"--models {root.parent} (it repairs), or replace the file named above",
+        )
+    ignored = sum(len(v) for v in report.ignored.values())
+    note = f"; {ignored} keys of no part ignored" if ignored else ""
+    return Check(f"model {root.name}", OK, f"SUPIR parts and SDXL base match the official layout{note}")
+
+
 def self_test() -> Check:
-    """A tiny model of each family (PASD, PASD-SDXL), written to a temporary folder, through the whole
+    """A tiny model of each family (PASD, PASD-SDXL, SUPIR), written to a temporary folder, through the whole
     pipeline on the CPU."""
     started = time.perf_counter()
     try:
@@ -302,6 +328,7 @@ def self_test() -> Check:
         from transformers.utils import logging as transformers_logging
 
         from .engine import Engine
+        from .models.supir.tiny import write_tiny_supir
         from .models.tiny import write_tiny_model
         from .pipelines.params import RestoreParams
 
@@ -320,6 +347,8 @@ def self_test() -> Check:
                 for variant in ("full", "sdxl"):
                     model = write_tiny_model(Path(tmp) / f"doctor-tiny-{variant}", variant, seed=1)
                     results.append(engine.restore(image, params, model=model))
+                model = write_tiny_supir(Path(tmp) / "doctor-tiny-supir", seed=1)
+                results.append(engine.restore(image, params, model=model))
         finally:
             torch.set_num_threads(threads)
     except Exception as exc:
@@ -337,7 +366,9 @@ def self_test() -> Check:
             )
     seconds = time.perf_counter() - started
     return Check(
-        "self-test", OK, f"tiny PASD and PASD-SDXL, 32x32 -> 64x64 upscale on the CPU in {seconds:.1f} s"
+        "self-test",
+        OK,
+        f"tiny PASD, PASD-SDXL and SUPIR, 32x32 -> 64x64 upscale on the CPU in {seconds:.1f} s",
     )
 
 

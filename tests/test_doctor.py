@@ -155,6 +155,32 @@ def test_doctor_finds_a_damaged_model(tmp_path: Path) -> None:
     assert checks["colorize"]["status"] == WARN
 
 
+def test_doctor_checks_supir_parts_key_by_key(tiny_supir: Path, tmp_path: Path) -> None:
+    """An installed SUPIR's control model, connectors, denoise encoder and SDXL base are checked
+    against the official layout from the files' headers; a file that does not fit is named with
+    the part and the key, and the advice repairs it with the terms accepted."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_supir, models / "supir-v0q")
+    home = Home(tmp_path / "home")
+    home.root.mkdir()
+
+    def check() -> dict[str, str]:
+        out = doctor(home, "--no-self-test", "--json", "--models", str(models)).stdout
+        return {c["name"]: c for c in json.loads(out)}["model supir-v0q"]
+
+    assert check()["status"] == OK and "match the official layout" in check()["detail"]
+    ckpt = models / "supir-v0q" / "SUPIR-tiny.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["model.diffusion_model.project_modules.7.attn.to_q.weight"]
+    torch.save(state, ckpt)
+    broken = check()
+    assert broken["status"] == FAIL and "[connectors]" in broken["detail"]
+    assert "project_modules.7.attn.to_q.weight" in broken["detail"]
+    assert "--accept-licence supir" in broken["advice"]
+
+
 def test_table_wraps_to_the_width_and_keeps_paths_whole() -> None:
     path = "/a/long/path/without/spaces" * 4
     checks = [

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import Encoder
+from safetensors import safe_open
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -177,6 +178,37 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def read_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's keys as meta tensors of its shapes and dtypes (safetensors: from the header
+    only; a pickle is memory-mapped), for checking a multi-gigabyte file without reading it."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                out = {}
+                for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    part = f.get_slice(key)
+                    dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.float32)
+                    out[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+                return out
+        except Exception as exc:
+            raise ModelLoadError(f"Could not read weights from {path}: {exc}") from exc
+    return {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in read_checkpoint(path).items()}
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def check_files(configs: SupirConfigs, supir_file: Path, base_file: Path | None) -> LoadReport:
+    """Load every part's keys and shapes on the meta device (nothing is read but headers): raises
+    :class:`ModelLoadError` naming what does not fit, as a real load would."""
+    model = build(configs)
+    report = LoadReport()
+    if base_file is not None:
+        load_parts(model, configs, read_shapes(base_file), SDXL_PARTS, str(base_file), report)
+    load_parts(model, configs, read_shapes(supir_file), SUPIR_PARTS, str(supir_file), report)
+    return report
+
+
 def load_parts(
     model: SupirModel,
     configs: SupirConfigs,
@@ -212,7 +244,7 @@ def load_parts(
     if problems:
         raise StateDictMismatchError(source, _Described("\n".join(problems)))
     if report is not None:
-        report.ignored[source] = sorted(k for k in state if k not in claimed or k.endswith(_UNUSED))
+        report.ignored[source] = sorted(k for k in state if k not in claimed)
 
 
 class _Described(StateDictMismatch):
