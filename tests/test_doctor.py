@@ -74,7 +74,7 @@ def test_doctor_on_a_working_setup(tiny_models: dict[str, Path], tmp_path: Path)
     assert checks["colorize"]["detail"] == "tiny-color (the default pasd-color is not installed)"
     assert checks["plug-in"]["detail"] == f"{home.plugin} (native profile)"
     assert "tiny-full (pasd)" in checks["models"]["detail"]  # each installed model with its family
-    assert "tiny PASD and PASD-SDXL" in out  # the self-test runs a tiny model of each family
+    assert "tiny PASD, PASD-SDXL and SUPIR" in out  # the self-test runs a tiny model of each family
 
 
 def test_doctor_on_a_broken_setup(tmp_path: Path) -> None:
