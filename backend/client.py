@@ -511,8 +511,10 @@ class Client:
         """``{"installed": [...], "downloadable": [...]}`` as the server lists them."""
         return self._json("GET", f"{API}/models")
 
-    def start_download(self, model_id: str) -> DownloadStatus:
-        return DownloadStatus.from_json(self._json("POST", f"{API}/models/{_q(model_id)}/download"))
+    def start_download(self, model_id: str, accept_licence: tuple[str, ...] = ()) -> DownloadStatus:
+        """Start a model download; ``accept_licence`` names terms the user has read and accepted."""
+        query = "".join(f"{'&' if i else '?'}accept_licence={_q(t)}" for i, t in enumerate(accept_licence))
+        return DownloadStatus.from_json(self._json("POST", f"{API}/models/{_q(model_id)}/download{query}"))
 
     def download_status(self, model_id: str) -> DownloadStatus:
         return DownloadStatus.from_json(self._json("GET", f"{API}/models/{_q(model_id)}/download"))

@@ -44,21 +44,50 @@ def add_restore_parsers(sub: argparse._SubParsersAction) -> None:
             "--fidelity-fg", type=float, help="0 to 2: fidelity inside the mask (default: the model's)"
         )
         p.add_argument("--fidelity-bg", type=float, help="0 to 2: fidelity elsewhere (default: the model's)")
-        p.add_argument("--steps", type=int, help="1 to 200 (default: the model's: 20 PASD, 25 PASD-SDXL)")
-        p.add_argument("--guidance", type=float, help="0 to 30 (default: the model's: 7.5 PASD, 7 PASD-SDXL)")
+        p.add_argument(
+            "--steps", type=int, help="1 to 200 (default: the model's: 20 PASD, 25 PASD-SDXL, 50 SUPIR)"
+        )
+        p.add_argument(
+            "--guidance", type=float, help="0 to 30 (default: the model's: 7.5 PASD, 7 PASD-SDXL, 4 SUPIR)"
+        )
         p.add_argument("--seed", type=int, help="default: random (printed)")
         p.add_argument("--tile", type=int, help="diffusion tile in pixels (default: from free memory)")
         p.add_argument("--vae-tile", type=int, help="VAE tile in pixels (default: from free memory)")
         p.add_argument(
             "--process-size",
             type=int,
-            help="short side the model works at (default: the model's: 768 PASD, 1280 PASD-SDXL)",
+            help="short side the model works at (default: the model's: 768 PASD, 1280 PASD-SDXL, 1024 SUPIR)",
         )
         p.add_argument(
             "--noise-level",
             type=int,
             help="PASD's added noise level, 0 to 999 (default 900; PASD-SDXL starts from pure noise)",
         )
+        supir = p.add_argument_group("SUPIR's sampler (other models ignore these; defaults: the model's)")
+        supir.add_argument(
+            "--guidance-start",
+            type=float,
+            help="guidance at the first step, rising linearly to --guidance (1)",
+        )
+        supir.add_argument(
+            "--fidelity-start",
+            type=float,
+            help="fidelity (control scale) at the first step, linear to the fidelities (default: constant)",
+        )
+        supir.add_argument(
+            "--restoration",
+            type=float,
+            help="restoration guidance strength τ: pulls early steps towards the input (0 or less: off)",
+        )
+        supir.add_argument(
+            "--restoration-fg",
+            type=float,
+            default=1.0,
+            help="0 to 1: its weight inside the mask (0: off there)",
+        )
+        supir.add_argument("--restoration-bg", type=float, default=1.0, help="0 to 1: its weight elsewhere")
+        supir.add_argument("--churn", type=float, help="noise added back each step (5)")
+        supir.add_argument("--churn-noise", type=float, help="scale of that noise (1.01)")
         p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
         p.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
         p.add_argument(
@@ -111,6 +140,13 @@ def run_restore(args: argparse.Namespace) -> int:
             tile=args.tile,
             vae_tile=args.vae_tile,
             prescaler=getattr(args, "prescaler", None),
+            guidance_start=args.guidance_start,
+            fidelity_start=args.fidelity_start,
+            restoration=args.restoration,
+            restoration_fg=args.restoration_fg,
+            restoration_bg=args.restoration_bg,
+            churn=args.churn,
+            churn_noise=args.churn_noise,
         ).validate()
         image = read_image(args.input)
         mask = read_mask(args.mask, image.shape[:2]) if args.mask else None

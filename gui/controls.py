@@ -37,6 +37,7 @@ from .settings import (
     SCALES,
     SEED_MAX,
     DialogSettings,
+    apply_supir_preset,
     fallback_defaults,
     matching_preset,
     preset_named,
@@ -66,6 +67,7 @@ class Controls(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.task = "upscale"
+        self.has_mask = False
         self.image_size = (0, 0)  # width, height of the input: for the output size
         self.models: dict[str, list[dict[str, Any]]] = {"installed": [], "downloadable": []}
         self.models_loaded = False
@@ -297,6 +299,7 @@ class Controls(QWidget):
             "more; lower keeps more of the input's look."
         )
         _row(form, "Noise level:", self.noise)
+        self._build_sampler(form)
         self.color_fix = QCheckBox("Keep t&he original's colours")
         self.color_fix.setToolTip(
             "Match the result's colours to the original's (wavelet colour fix), so an upscale does not "
@@ -305,6 +308,97 @@ class Controls(QWidget):
         form.addRow("", self.color_fix)
         self.advanced_form = form
         return box
+
+    def _build_sampler(self, form: QFormLayout) -> None:
+        """SUPIR's sampler knobs (shown only for a model that has them) and its README's presets."""
+
+        def number(low: float, high: float, step: float, decimals: int, tip: str) -> QDoubleSpinBox:
+            box = QDoubleSpinBox()
+            box.setRange(low, high)
+            box.setSingleStep(step)
+            box.setDecimals(decimals)
+            box.setToolTip(tip)
+            return box
+
+        presets = QHBoxLayout()
+        self.supir_presets: dict[str, QPushButton] = {}
+        for name, tip in (
+            ("Quality", "SUPIR's Quality settings: guidance 6 from 3, fidelity 0.93, more churn noise."),
+            ("Fidelity", "SUPIR's Fidelity settings: guidance 4 from 1, fidelity 1."),
+        ):
+            button = QPushButton(name)
+            button.setAutoDefault(False)
+            button.setToolTip(tip)
+            button.clicked.connect(
+                lambda _=False, n=name: self.set_values(apply_supir_preset(self.values(), n))
+            )
+            presets.addWidget(button)
+            self.supir_presets[name] = button
+        presets.addStretch(1)
+        self.supir_preset_row = QWidget()
+        self.supir_preset_row.setLayout(presets)
+        presets.setContentsMargins(0, 0, 0, 0)
+        _row(form, "SUPIR presets:", self.supir_preset_row)
+        self.guidance_start = number(
+            0.0, 30.0, 0.5, 1,
+            "Guidance at the first step; it moves linearly to Guidance by the last. Low early guidance "
+            "keeps faces from ageing and textures from hardening.",
+        )  # fmt: skip
+        _row(form, "Guidance at &start:", self.guidance_start)
+        self.fidelity_start = number(
+            -0.05, 2.0, 0.05, 2,
+            "Fidelity (control scale) at the first step, moving linearly to the fidelities above by the "
+            "last. Constant: the same all along.",
+        )  # fmt: skip
+        self.fidelity_start.setSpecialValueText("Constant")
+        _row(form, "Fidelity at s&tart:", self.fidelity_start)
+        self.restoration = number(
+            0.0, 6.0, 0.5, 1,
+            "Restoration guidance: pulls the first steps towards the degradation-cleaned input, so the "
+            "result keeps its shapes (1–6; higher fades out faster). Off: none.",
+        )  # fmt: skip
+        self.restoration.setSpecialValueText("Off")
+        _row(form, "&Restoration guidance:", self.restoration)
+        self.restoration_fg = number(
+            0.0, 1.0, 0.1, 2, "How much restoration guidance the selection gets (0: none there)."
+        )
+        self.restoration_bg = number(
+            0.0, 1.0, 0.1, 2, "How much restoration guidance the rest of the image gets (0: none there)."
+        )
+        weights = QHBoxLayout()
+        weights.addWidget(QLabel("selection"))
+        weights.addWidget(self.restoration_fg)
+        weights.addWidget(QLabel("background"))
+        weights.addWidget(self.restoration_bg)
+        self.restoration_weights = QWidget()
+        self.restoration_weights.setLayout(weights)
+        weights.setContentsMargins(0, 0, 0, 0)
+        _row(form, "…its weight:", self.restoration_weights, self.restoration_fg)
+        self.churn = number(
+            0.0, 40.0, 0.5, 1, "Noise put back at each step (SUPIR's s_churn): more invents more."
+        )
+        _row(form, "C&hurn:", self.churn)
+        self.churn_noise = number(0.5, 1.5, 0.001, 3, "Scale of that noise (SUPIR's s_noise), around 1.")
+        _row(form, "Churn noise:", self.churn_noise)
+        self.sampler_rows = [
+            self.supir_preset_row,
+            self.guidance_start,
+            self.fidelity_start,
+            self.restoration,
+            self.restoration_weights,
+            self.churn,
+            self.churn_noise,
+        ]
+        for box in (
+            self.guidance_start,
+            self.fidelity_start,
+            self.restoration,
+            self.restoration_fg,
+            self.restoration_bg,
+            self.churn,
+            self.churn_noise,
+        ):
+            box.valueChanged.connect(self._changed)
 
     # ------------------------------------------------------------------ task and host
     def configure(self, task: str, has_mask: bool, host_options: bool, task_fixed: bool) -> None:
@@ -322,6 +416,7 @@ class Controls(QWidget):
         self.form.setRowVisible(self.output, host_options)
         self.advanced_form.setRowVisible(self.color_fix, upscale)
         self.fidelity_fg.setEnabled(has_mask)
+        self.has_mask = has_mask
         if not has_mask:
             self.fidelity_fg.setToolTip(
                 "There is no selection, so the background fidelity applies to the whole image. Select "
@@ -356,6 +451,13 @@ class Controls(QWidget):
             process_size=self.process_size.value(),
             added_noise_level=self.noise.value(),
             tile=None if self.tile.value() == TILE_AUTO else self.tile.value(),
+            guidance_start=round(self.guidance_start.value(), 2),
+            fidelity_start=None if self.fidelity_start.value() < 0 else round(self.fidelity_start.value(), 2),
+            restoration=round(self.restoration.value(), 2),
+            restoration_fg=round(self.restoration_fg.value(), 2),
+            restoration_bg=round(self.restoration_bg.value(), 2),
+            churn=round(self.churn.value(), 2),
+            churn_noise=round(self.churn_noise.value(), 3),
             color_fix=self.color_fix.isChecked(),
             color_mode=self.color_mode.currentData(),
             output=self.output.currentData(),
@@ -387,6 +489,13 @@ class Controls(QWidget):
             self.process_size.setValue(s.process_size)
             self.noise.setValue(s.added_noise_level)
             self.tile.setValue(TILE_AUTO if s.tile is None else s.tile)
+            self.guidance_start.setValue(s.guidance_start)
+            self.fidelity_start.setValue(-0.05 if s.fidelity_start is None else s.fidelity_start)
+            self.restoration.setValue(s.restoration)
+            self.restoration_fg.setValue(s.restoration_fg)
+            self.restoration_bg.setValue(s.restoration_bg)
+            self.churn.setValue(s.churn)
+            self.churn_noise.setValue(s.churn_noise)
             self.color_fix.setChecked(s.color_fix)
             self.color_mode.setCurrentIndex(max(0, self.color_mode.findData(s.color_mode)))
             self.output.setCurrentIndex(max(0, self.output.findData(s.output)))
@@ -462,6 +571,9 @@ class Controls(QWidget):
         d = self.shown_defaults
         # PASD-SDXL starts from pure noise: there is no added noise level to turn.
         self.noise.setEnabled(d.added_noise_level is not None)
+        for row in self.sampler_rows:  # SUPIR's sampler knobs, for the models that have it
+            self.advanced_form.setRowVisible(row, d.guidance_start is not None)
+        self.restoration_fg.setEnabled(self.has_mask)
         model_id = self.model_combo.currentData()
         listed = self.models.get("installed", [])
         entry = next((m for m in listed if m["id"] == model_id), None)
@@ -509,6 +621,8 @@ class Controls(QWidget):
                 )
                 action.setData(model["id"])
                 tip = f"Licence: {model.get('licence')}\n{model.get('url')}"
+                if model.get("terms"):
+                    tip += "\nIts licence terms are shown, and must be accepted, before the download."
                 if model.get("note"):
                     tip += f"\n{model['note'][:1].upper()}{model['note'][1:]}."
                 action.setToolTip(tip + (f"\nRecommended: {why}" if mark else ""))

@@ -584,9 +584,12 @@ class RestoreDialog(QDialog):
             )
 
     def install_model(self, model_id: str) -> None:
-        if self._download is not None or not model_id or not self._confirm_download(model_id):
+        if self._download is not None or not model_id:
             return
-        run = DownloadRun(self.client, model_id)
+        accepted = self._accept_terms(model_id)
+        if accepted is None or not self._confirm_download(model_id, asked=bool(accepted)):
+            return
+        run = DownloadRun(self.client, model_id, accept_licence=accepted)
         run.signals.progress.connect(self._download_progress)
         run.signals.finished.connect(self._download_finished)
         run.signals.failed.connect(self._download_failed)
@@ -595,11 +598,34 @@ class RestoreDialog(QDialog):
         self.controls.show_download(None, model_id)
         self.workers.start(run)
 
-    def _confirm_download(self, model_id: str) -> bool:
-        """Ask before gigabytes: what it is, how large, under which licence."""
+    def _accept_terms(self, model_id: str) -> tuple[str, ...] | None:
+        """A model under terms (SUPIR's non-commercial licence): show them and ask for explicit
+        acceptance; None when declined, () when the model has none."""
+        spec = next((m for m in self.models.get("downloadable", []) if m.get("id") == model_id), {})
+        terms = spec.get("terms")
+        if not terms:
+            return ()
+        size = format_bytes(int(spec.get("size_bytes") or 0))
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Licence terms")
+        box.setText(
+            f"{spec.get('title') or model_id} ({size} with what it needs) is under terms you must "
+            "accept before it is downloaded:"
+        )
+        box.setInformativeText(spec.get("terms_text") or terms)
+        accept = box.addButton("I &accept these terms: download", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return (str(terms),) if box.clickedButton() is accept else None
+
+    def _confirm_download(self, model_id: str, asked: bool = False) -> bool:
+        """Ask before gigabytes: what it is, how large, under which licence (unless its terms were
+        just shown and accepted, which said all that)."""
         spec = next((m for m in self.models.get("downloadable", []) if m.get("id") == model_id), {})
         size = int(spec.get("size_bytes") or 0)
-        if size < LARGE_DOWNLOAD:
+        if size < LARGE_DOWNLOAD or asked:
             return True
         answer = QMessageBox.question(
             self,

@@ -49,6 +49,14 @@ class DialogSettings:
     process_size: int = 768
     added_noise_level: int = 900
     tile: int | None = None  # None: chosen by the backend from free memory
+    # SUPIR's sampler (only sent to models that have it; see DialogSettings.defaults)
+    guidance_start: float = 1.0
+    fidelity_start: float | None = None  # None: constant
+    restoration: float = 0.0  # τ; 0: off
+    restoration_fg: float = 1.0
+    restoration_bg: float = 1.0
+    churn: float = 5.0
+    churn_noise: float = 1.01
     color_fix: bool = True
     color_mode: str = "lch-color"
     output: str = "layer"
@@ -65,6 +73,7 @@ class DialogSettings:
             fidelity_bg=d.fidelity,
             process_size=d.process_size,
             added_noise_level=900 if d.added_noise_level is None else d.added_noise_level,
+            **sampler_knobs(d),
         )
 
     def with_model(self, old: ModelDefaults, new: ModelDefaults) -> DialogSettings:
@@ -75,6 +84,7 @@ class DialogSettings:
             preset.apply(self, new),
             process_size=new.process_size,
             added_noise_level=900 if new.added_noise_level is None else new.added_noise_level,
+            **(sampler_knobs(new) if new.guidance_start is not None else {}),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +100,33 @@ class DialogSettings:
             if f.name in data and _fits(data[f.name], str(f.type)):
                 changes[f.name] = _clean(f.name, data[f.name])
         return replace(base, **{k: v for k, v in changes.items() if v is not _INVALID})
+
+
+def sampler_knobs(d: ModelDefaults) -> dict[str, Any]:
+    """SUPIR's sampler knobs as a model sets them (the dialog's own defaults for other models)."""
+    base = DialogSettings.__dataclass_fields__
+    return {
+        "guidance_start": d.guidance_start
+        if d.guidance_start is not None
+        else base["guidance_start"].default,
+        "fidelity_start": d.fidelity_start,
+        "restoration": max(0.0, d.restoration) if d.restoration is not None else 0.0,
+        "churn": d.churn if d.churn is not None else base["churn"].default,
+        "churn_noise": d.churn_noise if d.churn_noise is not None else base["churn_noise"].default,
+    }
+
+
+# SUPIR's README presets (its "empirical" settings), set over the model's own in Advanced.
+SUPIR_PRESETS: dict[str, dict[str, float]] = {
+    "Quality": {"guidance": 6.0, "guidance_start": 3.0, "churn_noise": 1.02, "fidelity": 0.93},
+    "Fidelity": {"guidance": 4.0, "guidance_start": 1.0, "churn_noise": 1.01, "fidelity": 1.0},
+}
+
+
+def apply_supir_preset(settings: DialogSettings, name: str) -> DialogSettings:
+    knobs = dict(SUPIR_PRESETS[name])
+    fidelity = knobs.pop("fidelity")
+    return replace(settings, **knobs, fidelity_fg=fidelity, fidelity_bg=fidelity)  # type: ignore[arg-type]
 
 
 def fallback_defaults(task: str) -> ModelDefaults:
@@ -123,7 +160,19 @@ def _clean(name: str, value: Any) -> Any:
         return _INVALID
     if name == "color_mode" and value not in COLOR_MODES:
         return _INVALID
-    if name in ("guidance", "fidelity_fg", "fidelity_bg"):
+    if name in (
+        "guidance",
+        "fidelity_fg",
+        "fidelity_bg",
+        "guidance_start",
+        "restoration",
+        "restoration_fg",
+        "restoration_bg",
+        "churn",
+        "churn_noise",
+    ):
+        return float(value)
+    if name == "fidelity_start" and value is not None:
         return float(value)
     if name == "seed":
         return value % (SEED_MAX + 1)
@@ -213,7 +262,18 @@ def matching_preset(settings: DialogSettings, d: ModelDefaults) -> Preset | None
 _HOST_ALIASES = {"noise_level": "added_noise_level", "colour_mode": "color_mode"}
 
 
-_MODEL_KNOBS = ("steps", "guidance", "fidelity_fg", "fidelity_bg", "added_noise_level", "process_size")
+_MODEL_KNOBS = (
+    "steps",
+    "guidance",
+    "fidelity_fg",
+    "fidelity_bg",
+    "added_noise_level",
+    "process_size",
+    "guidance_start",
+    "restoration",
+    "churn",
+    "churn_noise",
+)
 
 
 def _unset_knob(name: str, value: Any) -> bool:

@@ -204,16 +204,19 @@ class DownloadSignals(QObject):
 class DownloadRun(_Task):
     """Start a model download on the server and follow it; the server keeps going if we stop."""
 
-    def __init__(self, client: Client, model_id: str, interval: float = 0.5) -> None:
+    def __init__(
+        self, client: Client, model_id: str, interval: float = 0.5, accept_licence: tuple[str, ...] = ()
+    ) -> None:
         super().__init__()
         self.client = client
         self.model_id = model_id
         self.interval = interval
+        self.accept_licence = accept_licence  # terms the user accepted in the dialog
         self.signals = DownloadSignals()
 
     def work(self) -> None:
         try:
-            status: DownloadStatus = self.client.start_download(self.model_id)
+            status: DownloadStatus = self.client.start_download(self.model_id, self.accept_licence)
             while status.state == "running" and not self.stopping:
                 self.signals.progress.emit(status)
                 self.stop_event.wait(self.interval)

@@ -243,6 +243,14 @@ def test_request_carries_every_parameter(qtbot: Any, server: ServerProcess, tmp_
         "vae_tile": None,
         "prescaler": None,
         "frame": None,  # Apply: the whole image (previews send their frame)
+        # SUPIR's sampler knobs: unset for a model without that sampler
+        "guidance_start": None,
+        "fidelity_start": None,
+        "restoration": None,
+        "restoration_fg": 1.0,
+        "restoration_bg": 1.0,
+        "churn": None,
+        "churn_noise": None,
     }
     assert request.options == {"output": "image", "color_mode": "lch-color", "model": "tiny-light"}
     assert RestoreParams.from_dict(request.params).to_dict() == request.params  # the backend takes it as is
@@ -644,6 +652,71 @@ def test_install_downloads_a_model_and_shows_its_progress(qtbot: Any, tmp_path: 
         assert not c.download_bar.isVisibleTo(dialog)
         assert dialog.banner.message == "Installed the model pasd."
         assert "pasd" not in {action.data() for action in c.install_menu.actions()}
+
+
+def test_supir_shows_its_sampler_its_presets_and_its_terms_before_download(
+    qtbot: Any, tiny_models: dict[str, Path], tiny_supir: Path, tmp_path: Path
+) -> None:
+    """With a SUPIR model chosen, Advanced shows SUPIR's sampler knobs and its README presets, and
+    the request carries them; Install… shows SUPIR's non-commercial terms first: declining fetches
+    nothing, accepting downloads it (from a fake hub) and offers it."""
+    from .fake_hub import FakeHub
+    from .test_supir import _supir_repos
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for folder in (tiny_models["full"], tiny_supir):
+        (models / folder.name).symlink_to(folder, target_is_directory=True)
+    env = {"HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home")}
+    with (
+        FakeHub(_supir_repos(tmp_path, tiny_supir)) as hub,
+        ServerProcess(models, tmp_path, env={**env, "HF_ENDPOINT": hub.url}) as running,
+    ):
+        dialog = open_dialog(qtbot, make_job(tmp_path / "job", running.url, settings={}))
+        c = dialog.controls
+        qtbot.waitUntil(lambda: c.model_combo.findData("tiny-supir") >= 0, timeout=30000)
+        assert not c.advanced_form.isRowVisible(c.restoration)  # PASD: no such sampler
+        c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-supir"))
+        c.model_combo.activated.emit(c.model_combo.currentIndex())
+        assert c.advanced_form.isRowVisible(c.restoration) and c.advanced_form.isRowVisible(c.churn)
+        assert c.model_info.text().startswith("SUPIR: its settings are 50 steps, guidance 4")
+        v = dialog.values()
+        assert (v.steps, v.guidance, v.guidance_start, v.churn, v.churn_noise, v.restoration) == (
+            50, 4.0, 1.0, 5.0, 1.01, 0.0,
+        )  # fmt: skip
+        c.supir_presets["Quality"].click()
+        v = dialog.values()
+        assert (v.guidance, v.guidance_start, v.churn_noise, v.fidelity_bg) == (6.0, 3.0, 1.02, 0.93)
+        c.restoration.setValue(4.0)
+        c.restoration_bg.setValue(0.5)
+        c.fidelity_start.setValue(0.3)
+        params = dialog.request().params
+        assert (params["guidance"], params["guidance_start"], params["restoration"]) == (6.0, 3.0, 4.0)
+        assert (params["restoration_bg"], params["fidelity_start"], params["churn_noise"]) == (0.5, 0.3, 1.02)
+        c.restoration.setValue(0.0)
+        assert dialog.request().params["restoration"] == -1.0 and c.restoration.text() == "Off"
+
+        offered = {action.data(): action for action in c.install_menu.actions()}
+        assert {"supir-v0q", "supir-v0f"} <= set(offered)
+        assert "accepted" in offered["supir-v0q"].toolTip()
+        shown: list[str] = []
+
+        def answer(accept: bool) -> None:
+            box = QApplication.activeModalWidget()
+            assert isinstance(box, QMessageBox), box
+            shown.append(box.text() + "\n" + box.informativeText())
+            button = next(b for b in box.buttons() if "accept" in b.text().lower()) if accept else None
+            (button or box.button(QMessageBox.StandardButton.Cancel)).click()
+
+        QTimer.singleShot(200, lambda: answer(False))
+        offered["supir-v0q"].trigger()
+        assert shown and "NON-COMMERCIAL" in shown[0] and dialog._download is None
+        assert not hub.fetched()
+        QTimer.singleShot(200, lambda: answer(True))
+        offered["supir-v0q"].trigger()
+        qtbot.waitUntil(lambda: c.model_combo.findData("supir-v0q") >= 0, timeout=120000)
+        assert dialog.banner.message == "Installed the model supir-v0q."
+        assert any(f.endswith("SUPIR-v0Q_fp16.safetensors") for f in hub.fetched())
 
 
 def test_an_offline_install_fails_in_one_sentence_with_the_manual_way(qtbot: Any, tmp_path: Path) -> None:

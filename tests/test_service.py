@@ -419,6 +419,15 @@ def test_models_lists_installed_and_downloadable(server: ServerProcess) -> None:
     assert installed["tiny-color"]["defaults"]["colorize"]["negative_prompt"] == "b&w, color bleeding"
     sdxl = downloadable["pasd-sdxl"]
     assert sdxl["family"] == "pasd-sdxl" and sdxl["gpu_memory_gb"] >= 8 and "colorize" in sdxl["note"]
+    # SUPIR's terms travel with it, and its download is refused until they are accepted.
+    supir = downloadable["supir-v0q"]
+    assert supir["terms"] == "supir" and "NON-COMMERCIAL" in supir["terms_text"]
+    assert "non-commercial" in supir["licence"] and downloadable["pasd"]["terms"] is None
+    with pytest.raises(ApiError, match="NON-COMMERCIAL") as refused:
+        server.client().start_download("supir-v0q")
+    assert refused.value.status == 403 and refused.value.code == "licence-not-accepted"
+    with pytest.raises(ApiError):
+        server.client().download_status("supir-v0q")  # nothing was started
 
 
 def test_openapi_describes_the_api(server: ServerProcess) -> None:

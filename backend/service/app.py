@@ -27,8 +27,8 @@ from ..client import health_proof
 from ..devices import free_memory
 from ..engine import Engine, InputError, RunPlan
 from ..models.loading import ModelLoadError
-from ..models.registry import DEFAULT_MODEL_FOR_TASK, REGISTRY, family_of
-from ..models.store import installed_models, missing_files
+from ..models.registry import DEFAULT_MODEL_FOR_TASK, LICENCE_TERMS, REGISTRY, family_of
+from ..models.store import LicenceNotAccepted, installed_models, missing_files
 from ..pipelines.params import ParamsError, RestoreParams
 from ..pipelines.prescale import GAN_SUFFIXES
 from . import schemas
@@ -271,6 +271,8 @@ def _install_routes(app: FastAPI, s: Services) -> None:
                 family=spec.family,
                 gpu_memory_gb=family.gpu_memory_gb if (family := family_of(spec)) else None,
                 note=family.note if family else "",
+                terms=spec.terms,
+                terms_text=LICENCE_TERMS.get(spec.terms or "", ""),
             )
             for spec in REGISTRY.values()
         ]
@@ -283,13 +285,20 @@ def _install_routes(app: FastAPI, s: Services) -> None:
         tags=["models"],
         openapi_extra=EMPTY_JSON_BODY,
     )
-    def start_download(model_id: str) -> schemas.DownloadStatus:
+    def start_download(
+        model_id: str,
+        accept_licence: Annotated[
+            list[str], Query(description="licence terms the user has read and accepted (e.g. supir)")
+        ] = [],  # noqa: B006 - FastAPI copies query defaults
+    ) -> schemas.DownloadStatus:
         try:
-            download = s.downloads.start(model_id)
+            download = s.downloads.start(model_id, accepted=tuple(accept_licence))
         except KeyError:
             raise ApiError(
                 404, f"{model_id!r} is not a downloadable model; known: {', '.join(REGISTRY)}."
             ) from None
+        except LicenceNotAccepted as exc:
+            raise ApiError(403, str(exc), code="licence-not-accepted") from None
         return _download_status(download)
 
     @app.get(f"{v}/models/{{model_id}}/download", response_model=schemas.DownloadStatus, tags=["models"])

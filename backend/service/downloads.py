@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..models.registry import get_spec, with_requirements
-from ..models.store import ModelDownloadError, download_model
+from ..models.store import LicenceNotAccepted, ModelDownloadError, download_model
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class Download:
     bytes_total: int
     folders: tuple[Path, ...]
     error: str | None = None
+    accepted: tuple[str, ...] = ()  # licence terms the user accepted for it
 
     def bytes_done(self) -> int:
         if self.state == "succeeded":
@@ -51,15 +52,20 @@ class Downloads:
         self._downloads: dict[str, Download] = {}
         self._lock = threading.Lock()
 
-    def start(self, model_id: str) -> Download:
-        """Start (or join) the download of a registry model; KeyError for an unknown id."""
+    def start(self, model_id: str, accepted: tuple[str, ...] = ()) -> Download:
+        """Start (or join) the download of a registry model; KeyError for an unknown id,
+        LicenceNotAccepted (before anything starts) when its terms are not in ``accepted``."""
         get_spec(model_id)
         specs = with_requirements(model_id)
+        for spec in specs:
+            if spec.terms and spec.terms not in accepted:
+                raise LicenceNotAccepted(spec)
         with self._lock:
             current = self._downloads.get(model_id)
             if current is not None and current.state == "running":
                 return current
             download = Download(
+                accepted=accepted,
                 model=model_id,
                 state="running",
                 bytes_total=sum(s.size_bytes for s in specs),
@@ -76,7 +82,7 @@ class Downloads:
     def _run(self, download: Download) -> None:
         log.info("downloading %s into %s", download.model, self.models_dir)
         try:
-            download_model(download.model, self.models_dir, progress=False)
+            download_model(download.model, self.models_dir, progress=False, accepted=download.accepted)
         except ModelDownloadError as exc:
             download.error = str(exc)
             download.state = "failed"

@@ -118,6 +118,10 @@ class DownloadableModelInfo(BaseModel):
     family: str | None = None
     gpu_memory_gb: float | None = Field(None, description="roughly what its runs need in half precision")
     note: str = ""
+    terms: str | None = Field(
+        None, description="licence terms to accept (accept_licence=ID on its download) before it is fetched"
+    )
+    terms_text: str = Field("", description="the terms, to show the user before they accept")
 
 
 class ModelList(BaseModel):
