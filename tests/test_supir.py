@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from backend.devices import choose_device
 from backend.engine import Engine
@@ -241,7 +241,20 @@ def _supir_repos(tmp_path: Path, tiny_supir: Path) -> dict[str, Path]:
         shutil.copytree(tiny_supir / folder, sdxl / folder)
     (sdxl / "unet").mkdir()
     (sdxl / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"never fetched")
-    return {REGISTRY["supir-v0q"].repo: supir, REGISTRY["sdxl-base-file"].repo: sdxl}
+    # An SDXL fine-tune in the same single-file layout, with a key of no part (fine-tunes carry such).
+    juggernaut = hub / "juggernaut"
+    juggernaut.mkdir()
+    base = load_file(str(tiny_supir / BASE_FILE))
+    base = {k: v * 1.01 if k.startswith("model.diffusion_model.out.") else v for k, v in base.items()}
+    save_file(
+        {**base, "model_ema.num_updates": torch.tensor(7)},
+        str(juggernaut / REGISTRY["juggernaut-xl-v9"].files[0]),
+    )
+    return {
+        REGISTRY["supir-v0q"].repo: supir,
+        REGISTRY["sdxl-base-file"].repo: sdxl,
+        REGISTRY["juggernaut-xl-v9"].repo: juggernaut,
+    }
 
 
 def test_supir_is_fetched_only_after_its_terms_are_accepted(tmp_path: Path, tiny_supir: Path) -> None:
@@ -281,6 +294,35 @@ def test_supir_is_fetched_only_after_its_terms_are_accepted(tmp_path: Path, tiny
     assert np.load(out).shape == (48, 64, 3)
     listed = run_backend("models", "--models", str(models))
     assert "supir-v0q" in listed.stdout and "non-commercial" in listed.stdout
+
+    # SUPIR on an SDXL fine-tune: only the fine-tune's file is fetched; SUPIR's is shared.
+    with FakeHub(_supir_repos(tmp_path / "again", tiny_supir)) as hub:
+        args = (
+            "download",
+            "supir-v0q-juggernaut",
+            "--accept-licence",
+            "supir",
+            "--quiet",
+            "--models",
+            str(models),
+        )
+        result = cli(hub, *args)
+        assert result.returncode == 0, result.stderr
+        assert hub.fetched() == [
+            f"{REGISTRY['juggernaut-xl-v9'].repo}/{REGISTRY['juggernaut-xl-v9'].files[0]}"
+        ]
+    root = models / "supir-v0q-juggernaut"
+    linked = read_manifest(root)
+    assert linked.resolve(root, "supir") == (models / "supir-v0q" / "SUPIR-v0Q_fp16.safetensors").resolve()
+    data = json.loads((root / "pasd_model.json").read_text())
+    (root / "pasd_model.json").write_text(json.dumps({**data, "tiny": True}))
+    out2 = tmp_path / "out2.npy"
+    run = run_backend(
+        "upscale", str(image), "-o", str(out2), "--model", "supir-v0q-juggernaut", "--models", str(models),
+        "--steps", "2", "--process-size", "256", "--seed", "4", "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert not np.array_equal(np.load(out2), np.load(out))  # another base, another picture
 
 
 def test_random_weights_are_a_function_of_inventory_and_seed() -> None:

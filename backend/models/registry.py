@@ -49,6 +49,8 @@ SUPIR_LICENCE = "SUPIR Software License Agreement (SupPixel Pty Ltd): non-commer
 # SDXL base as one official file (UNet, the 0.9 VAE SUPIR was trained with, both text encoders), fp16.
 _SDXL_FILE_BYTES = (2_567_463_684 + 83_653_863 + 123_060_480 + 694_659_840) * 2
 
+JUGGERNAUT_LICENCE = "CreativeML Open RAIL++-M (SDXL fine-tune by RunDiffusion; see its model card)"
+
 # Terms a user must accept before a model's weights are fetched: id → what is shown and accepted.
 LICENCE_TERMS: dict[str, str] = {
     "supir": (
@@ -207,6 +209,9 @@ class ModelSpec:
     optional_files: tuple[str, ...] = ()  # fetched too where the repository holds them
     overrides: dict[str, Any] = field(default_factory=dict)  # this model's own ModelDefaults changes
     terms: str | None = None  # LICENCE_TERMS id the user must accept before the weights are fetched
+    # Files another entry holds, by role (SUPIR: "supir" weights, "base_file" SDXL single file):
+    # role → that entry's id; its first file is used from its own folder, never fetched twice.
+    links: dict[str, str] = field(default_factory=dict)
 
     def defaults(self, task: str) -> ModelDefaults:
         """The defaults this model runs ``task`` with: its family's, with its own changes."""
@@ -360,11 +365,34 @@ REGISTRY: dict[str, ModelSpec] = {
                 requires=("sdxl-base-file", "sdxl-tokenizers"),
                 family="supir",
                 terms="supir",
+                links={"base_file": "sdxl-base-file"},
             )
             for kind, title in (
                 ("Q", "SUPIR-v0Q (SDXL restoration, strongest on heavy damage; non-commercial)"),
                 ("F", "SUPIR-v0F (SDXL restoration, keeps more detail on light damage; non-commercial)"),
             )
+        ),
+        ModelSpec(
+            id="supir-v0q-juggernaut",
+            title="SUPIR-v0Q on Juggernaut-XL v9, a photographic SDXL fine-tune (non-commercial)",
+            repo=SUPIR_REPO,
+            files=(),  # SUPIR-v0Q's file and Juggernaut's, each from its own entry's folder
+            licence=f"{SUPIR_LICENCE}; its base Juggernaut-XL v9 is under {JUGGERNAUT_LICENCE}",
+            size_bytes=0,
+            tasks=("upscale",),
+            variant="full",
+            requires=("supir-v0q", "juggernaut-xl-v9", "sdxl-tokenizers"),
+            family="supir",
+            terms="supir",
+            links={"supir": "supir-v0q", "base_file": "juggernaut-xl-v9"},
+        ),
+        ModelSpec(
+            id="juggernaut-xl-v9",
+            title="Juggernaut-XL v9 (RunDiffusion's photographic SDXL fine-tune) as one file",
+            repo="RunDiffusion/Juggernaut-XL-v9",
+            files=("Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors",),
+            licence=JUGGERNAUT_LICENCE,
+            size_bytes=7_105_000_000,  # the hub's 7.11 GB (its VAE is stored in float32)
         ),
         ModelSpec(
             id="sdxl-base-file",

@@ -145,8 +145,17 @@ def _manifest_for(spec: ModelSpec, target: Path) -> ModelManifest | None:
     family = spec.family or "pasd"
     base = FAMILIES[family].base
     if family == "supir":
+        linked = spec.links.get("supir")
+        weights = spec.files[0] if spec.files else f"../{linked}/{get_spec(str(linked)).files[0]}"
+        base_id = spec.links.get("base_file", base)
         return supir_manifest(
-            spec.id, spec.title, spec.licence, spec.files[0], f"../{base}", "../sdxl-tokenizers"
+            spec.id,
+            spec.title,
+            spec.licence,
+            weights,
+            f"../{base_id}",
+            "../sdxl-tokenizers",
+            get_spec(base_id).files[0],
         )
     own = f"{spec.subfolder}/scheduler"  # a checkpoint that brought its own scheduler uses it
     has_own = not spec.scheduler_subfolder and (target / own / "scheduler_config.json").is_file()
@@ -327,6 +336,7 @@ def download_model(
                 )
         manifest = _manifest_for(spec, target)
         if manifest is not None:
+            target.mkdir(parents=True, exist_ok=True)  # an entry of linked files has no folder yet
             write_manifest(target, manifest)
     return root / model_id
 
