@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from . import image_ops
 from .devices import (
@@ -138,6 +139,35 @@ def plan_process_size(out_h: int, out_w: int, process_size: int, task: str) -> t
     return out_h * factor, out_w * factor
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pth")
+
+
+def weights_parameters(model: InstalledModel) -> int:
+    """Roughly how many parameters a model folder's run loads: every weights file under it, its base
+    folder and the files its manifest links (SUPIR's live in other entries' folders). Safetensors
+    headers give exact counts; other files count as float32."""
+    m, root = model.manifest, model.root
+    places = {root.resolve(), (root / m.base_dir).resolve()}
+    places |= {m.resolve(root, name) for name in m.extra}
+    files: set[Path] = set()
+    for place in places:
+        if place.is_file():
+            files.add(place)
+        elif place.is_dir():
+            files |= {p.resolve() for p in place.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()}
+    total = 0
+    for path in files:
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+                continue
+            except Exception:  # unreadable: count its bytes like the others
+                pass
+        total += path.stat().st_size // 4
+    return total
+
+
 def _round_to(value: float, unit: int) -> int:
     return max(unit, round(value / unit) * unit)
 
@@ -213,9 +243,8 @@ class Engine:
         """Offload when the weights would take more than half of the accelerator's free memory."""
         if not self.choice.is_accelerator:
             return False
-        weights = sum(p.stat().st_size for p in model.root.rglob("*.safetensors"))
         bytes_per = 2 if self.choice.dtype != torch.float32 else 4
-        return weights * bytes_per / 4 > free_memory(self.choice.device) / 2
+        return weights_parameters(model) * bytes_per > free_memory(self.choice.device) / 2
 
     def captioner(self) -> Captioner | None:
         """BLIP for automatic prompt words, loaded once; None while its weights are not installed."""

@@ -380,12 +380,10 @@ class Controls(QWidget):
         _row(form, "C&hurn:", self.churn)
         self.churn_noise = number(0.5, 1.5, 0.001, 3, "Scale of that noise (SUPIR's s_noise), around 1.")
         _row(form, "Churn noise:", self.churn_noise)
-        self.sampler_rows = [
+        self.sampler_rows = [  # restoration guidance stays: every model has it
             self.supir_preset_row,
             self.guidance_start,
             self.fidelity_start,
-            self.restoration,
-            self.restoration_weights,
             self.churn,
             self.churn_noise,
         ]

@@ -48,13 +48,16 @@ def build_request(task: str, settings: DialogSettings, model: ModelDefaults | No
         tile=None if settings.tile is None else multiple_of_8(settings.tile, MIN_TILE),
     )
     d = model or fallback_defaults(task)
+    # Restoration guidance works on every model (off: the model's default, which is off).
+    params = params.with_(
+        restoration=float(settings.restoration) if settings.restoration > 0 else None,
+        restoration_fg=float(settings.restoration_fg),
+        restoration_bg=float(settings.restoration_bg),
+    )
     if d.guidance_start is not None:  # a model with SUPIR's sampler
         params = params.with_(
             guidance_start=float(settings.guidance_start),
             fidelity_start=settings.fidelity_start,
-            restoration=float(settings.restoration) if settings.restoration > 0 else -1.0,
-            restoration_fg=float(settings.restoration_fg),
-            restoration_bg=float(settings.restoration_bg),
             churn=float(settings.churn),
             churn_noise=float(settings.churn_noise),
         )

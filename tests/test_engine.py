@@ -492,3 +492,58 @@ def test_pasd_sdxl_framed_previews_draw_apply_noise_and_cancel_stops(sdxl_engine
     with pytest.raises(Canceled):
         sdxl_engine.restore(rgb(32, 32), FAST, model="tiny-sdxl", progress=progress, cancel=token)
     assert "decode" not in seen
+
+
+@pytest.mark.parametrize("model", ["tiny-full", "tiny-color", "tiny-sdxl"])
+def test_restoration_guidance_for_pasd_is_off_by_default_and_weighted(
+    engine: Engine, sdxl_engine: Engine, model: str
+) -> None:
+    """Off (the default) leaves a run exactly as it was, and so does a zero weight everywhere;
+    on, the run changes (UniPC, v-prediction and Euler solvers alike)."""
+    runner = sdxl_engine if model == "tiny-sdxl" else engine
+    task = "colorize" if model == "tiny-color" else "upscale"
+    img = rgb(48, 64, seed=11)
+    params = FAST.with_(task=task, scale=1.0, steps=4)
+    seen: dict[str, torch.Tensor] = {}
+    plain = runner.restore(img, params, model=model, trace=seen.__setitem__).image
+    assert "restoration_anchor" not in seen
+    assert np.array_equal(runner.restore(img, params.with_(restoration=-1.0), model=model).image, plain)
+    zero = runner.restore(img, params.with_(restoration=2.0, restoration_bg=0.0), model=model).image
+    assert np.array_equal(zero, plain)
+    pulled = runner.restore(img, params.with_(restoration=1.0), model=model, trace=seen.__setitem__)
+    assert "restoration_anchor" in seen and not np.array_equal(pulled.image, plain)
+
+
+@pytest.mark.parametrize("kind", ["ddpm-epsilon", "ddpm-v_prediction", "euler-epsilon"])
+def test_restoration_pull_moves_the_solvers_own_clean_estimate(kind: str) -> None:
+    """Whatever the solver and prediction type, the rewritten model output makes the solver's own
+    x₀ estimate (diffusers' ``pred_original_sample``) exactly x₀ − k·(x₀ − anchor), k = w·(σ/σmax)^τ."""
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+
+    from backend.pipelines.pasd import RestorationPull
+
+    solver, prediction = kind.split("-")
+    config = dict(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction
+    )
+    scheduler = (
+        EulerDiscreteScheduler(**config) if solver == "euler" else DDPMScheduler(**config, clip_sample=False)
+    )
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps[3]
+    gen = torch.Generator().manual_seed(0)
+    latents, output, anchor = (torch.randn(1, 4, 6, 8, generator=gen) for _ in range(3))
+    weight = torch.rand(1, 1, 6, 8, generator=gen)
+
+    def x0_of(out: torch.Tensor) -> torch.Tensor:
+        if solver == "euler":
+            scheduler._step_index = None  # the step counter restarts at t
+        return scheduler.step(out, t, latents, generator=gen).pred_original_sample
+
+    pull = RestorationPull(anchor, 0.7, weight)
+    ac = scheduler.alphas_cumprod
+    sigma = ((1 - ac[int(t)]) / ac[int(t)]).sqrt()
+    k = (sigma / ((1 - ac[-1]) / ac[-1]).sqrt()) ** 0.7 * weight
+    before = x0_of(output)
+    after = x0_of(pull(scheduler, latents, output, t))
+    torch.testing.assert_close(after, before - k * (before - anchor), rtol=1e-4, atol=1e-4)

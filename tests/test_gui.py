@@ -675,7 +675,8 @@ def test_supir_shows_its_sampler_its_presets_and_its_terms_before_download(
         dialog = open_dialog(qtbot, make_job(tmp_path / "job", running.url, settings={}))
         c = dialog.controls
         qtbot.waitUntil(lambda: c.model_combo.findData("tiny-supir") >= 0, timeout=30000)
-        assert not c.advanced_form.isRowVisible(c.restoration)  # PASD: no such sampler
+        assert not c.advanced_form.isRowVisible(c.churn)  # PASD: no such sampler
+        assert c.advanced_form.isRowVisible(c.restoration)  # restoration guidance: every model
         c.model_combo.setCurrentIndex(c.model_combo.findData("tiny-supir"))
         c.model_combo.activated.emit(c.model_combo.currentIndex())
         assert c.advanced_form.isRowVisible(c.restoration) and c.advanced_form.isRowVisible(c.churn)
@@ -694,7 +695,7 @@ def test_supir_shows_its_sampler_its_presets_and_its_terms_before_download(
         assert (params["guidance"], params["guidance_start"], params["restoration"]) == (6.0, 3.0, 4.0)
         assert (params["restoration_bg"], params["fidelity_start"], params["churn_noise"]) == (0.5, 0.3, 1.02)
         c.restoration.setValue(0.0)
-        assert dialog.request().params["restoration"] == -1.0 and c.restoration.text() == "Off"
+        assert dialog.request().params["restoration"] is None and c.restoration.text() == "Off"
 
         offered = {action.data(): action for action in c.install_menu.actions()}
         assert {"supir-v0q", "supir-v0f"} <= set(offered)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,21 @@ class PasdPipeline:
             on_step = lambda estimate: preview(previewer(estimate))  # noqa: E731
         del init
 
+        pull = None
+        knobs = knobs or SamplingKnobs()
+        if knobs.restoration is not None and knobs.restoration > 0:
+            # Restoration guidance (SUPIR's idea, off by default): the input's own latents anchor
+            # the clean estimate of the early steps.
+            with self._on_device(self.vae):
+                anchor_latents = tiled_encode(
+                    self.vae, image.to(self.choice.device), vae_tiling, sample=False, from_unit=True
+                ).float()
+            weight = knobs.restore_map
+            if torch.is_tensor(weight):
+                weight = area_resize(weight.float(), tuple(latents.shape[-2:])).to(latents.device)
+            pull = RestorationPull(anchor_latents, float(knobs.restoration), weight)
+            emit(trace, "restoration_anchor", anchor_latents)
+
         with self._on_device(self.unet, self.controlnet):
             latents = self.denoise(
                 scheduler,
@@ -253,6 +269,7 @@ class PasdPipeline:
                 check_cancel,
                 on_step,
                 trace,
+                pull,
             )
 
         with self._on_device(self.vae):
@@ -318,6 +335,7 @@ class PasdPipeline:
         check_cancel: CancelFn = no_cancel,
         on_step: Callable[[torch.Tensor], None] | None = None,
         trace: TraceFn | None = None,
+        pull: RestorationPull | None = None,
     ) -> torch.Tensor:
         """The sampling loop: per step, blend the tiles' guided predictions, then step the whole latent.
 
@@ -338,6 +356,8 @@ class PasdPipeline:
                 )
                 rows, cols = tile.slices()
                 noise[..., rows, cols] += pred * weight
+            if pull is not None and i < len(timesteps) - 1:  # not on the last step, as SUPIR
+                noise = pull(scheduler, latents, noise, t)
             if on_step is not None:
                 on_step(_clean_estimate(scheduler, latents, noise, t))
             latents = scheduler.step(noise, t, latents, return_dict=False)[0]
@@ -506,6 +526,36 @@ def renoise(
         raise ValueError(f"added_noise_level must be 0 to {len(alphas_cumprod) - 1}, got {level}")
     alpha = alphas_cumprod[level].to(device=latents.device, dtype=torch.float32)
     return (alpha.sqrt() * latents.float() + (1 - alpha).sqrt() * noise.float()).to(latents.dtype)
+
+
+@dataclass(frozen=True)
+class RestorationPull:
+    """Restoration-guided sampling for PASD: the clean estimate x₀ of each step but the last is
+    pulled towards the input's latents, ``x₀ ← x₀ − k·(x₀ − anchor)`` with ``k = w·(σ/σmax)^τ``, so
+    the first steps (large σ) follow the input and the last ones are free, as SUPIR's sampler
+    does. The model output is rewritten to the one that predicts the pulled x₀, so any solver runs
+    it unchanged. ``weight`` is a number or a per-pixel map at latent size (0: no pull there)."""
+
+    anchor: torch.Tensor
+    strength: float
+    weight: torch.Tensor | float = 1.0
+
+    def __call__(
+        self, scheduler: SchedulerMixin, latents: torch.Tensor, output: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        ac = scheduler.alphas_cumprod
+        alpha = ac[int(t)].to(device=output.device, dtype=torch.float32)
+        a, b = alpha.sqrt(), (1 - alpha).sqrt()
+        sigma_max = ((1 - ac[-1]) / ac[-1]).sqrt().to(device=output.device, dtype=torch.float32)
+        k = ((b / a) / sigma_max) ** self.strength * self.weight
+        x = latents.float()
+        kind = scheduler.config.prediction_type
+        if isinstance(scheduler, EulerDiscreteScheduler):  # Euler's latents are x₀ + σ·ε
+            x = x * a  # back to √ᾱ·x₀ + √(1−ᾱ)·ε
+        x0 = a * x - b * output if kind == "v_prediction" else (x - b * output) / a
+        x0 = x0 - k * (x0 - self.anchor)
+        eps = (x - a * x0) / b
+        return (a * eps - b * x0 if kind == "v_prediction" else eps).to(output.dtype)
 
 
 def _clean_estimate(
