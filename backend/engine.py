@@ -442,6 +442,7 @@ class Engine:
             churn=params.churn,
             churn_noise=params.churn_noise,
             color_fix=params.color_fix,
+            color_fix_method=params.color_fix_method,
         )
 
         auto_words = ""
@@ -487,7 +488,9 @@ class Engine:
         cancel.check()
         report("finish", 0, 1)
         if params.task == "upscale":
-            if params.color_fix and not pipeline.fixes_colour:
+            if params.color_fix and not pipeline.fixes_colour and params.color_fix_method == "adain":
+                restored = image_ops.adain_color_fix(restored, cond).clamp_(0, 1)
+            elif params.color_fix and not pipeline.fixes_colour:
                 restored = image_ops.wavelet_color_fix(restored, cond, tile=COLORFIX_BAND, in_place=True)
                 emit(trace, "color_fixed", restored)
             del cond

@@ -115,6 +115,24 @@ def _wavelet_color_fix_in_place(
     return content
 
 
+def adain_color_fix(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """AdaIN colour fix (SUPIR's ``adaptive_instance_normalization``): each channel of ``content``
+    takes ``style``'s mean and standard deviation (unbiased variance + ``eps``, over the pixels).
+    Coarser than the wavelet fix: one shift and scale per channel, so local colour casts stay."""
+    if content.ndim != 4 or content.shape[:2] != style.shape[:2]:
+        raise ValueError(
+            f"content and style must be [B, C, H, W] alike, got {content.shape} and {style.shape}"
+        )
+
+    def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        return flat.mean(2)[..., None, None], (flat.var(2) + eps).sqrt()[..., None, None]
+
+    c_mean, c_std = stats(content)
+    s_mean, s_std = stats(style)
+    return (content - c_mean) / c_std * s_std + s_mean
+
+
 def wavelet_color_fix(
     content: torch.Tensor,
     style: torch.Tensor,

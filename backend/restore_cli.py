@@ -32,7 +32,13 @@ def add_restore_parsers(sub: argparse._SubParsersAction) -> None:
         if task == "upscale":
             p.add_argument("--scale", type=float, default=2.0, help="1 to 4 (1 restores without resizing)")
             p.add_argument("--prescaler", help="GAN upscaler weights for pre-scaling (needs spandrel)")
-            p.add_argument("--no-color-fix", action="store_true", help="skip the wavelet colour fix")
+            p.add_argument("--no-color-fix", action="store_true", help="skip the colour fix")
+            p.add_argument(
+                "--color-fix",
+                choices=("wavelet", "adain"),
+                default="wavelet",
+                help="how colours are matched to the input: wavelet (local; default) or adain (per channel)",
+            )
         p.add_argument("--model", help="model id or folder (default: the task's installed model)")
         p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
         p.add_argument("--prompt", default="", help="what the picture shows, in a few words")
@@ -137,6 +143,7 @@ def run_restore(args: argparse.Namespace) -> int:
             process_size=args.process_size,
             added_noise_level=args.noise_level,
             color_fix=not getattr(args, "no_color_fix", False),
+            color_fix_method=getattr(args, "color_fix", "wavelet"),
             tile=args.tile,
             vae_tile=args.vae_tile,
             prescaler=getattr(args, "prescaler", None),

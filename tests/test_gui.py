@@ -238,6 +238,7 @@ def test_request_carries_every_parameter(qtbot: Any, server: ServerProcess, tmp_
         "process_size": 512,
         "added_noise_level": 750,
         "color_fix": False,
+        "color_fix_method": "wavelet",
         "tile": 200,
         "tile_overlap": 0.25,
         "vae_tile": None,

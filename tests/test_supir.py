@@ -330,3 +330,13 @@ def test_random_weights_are_a_function_of_inventory_and_seed() -> None:
     one, two = random_state(shapes, 5), random_state(dict(reversed(shapes.items())), 5)
     assert all(torch.equal(one[k], two[k]) for k in shapes)
     assert not torch.equal(random_state(shapes, 6)["a.weight"], one["a.weight"])
+
+
+def test_adain_colour_fix_runs_against_the_stage_one_image(engine: Engine) -> None:
+    img = rgb(32, 32, seed=4)
+    wavelet = engine.restore(img, FAST, model="tiny-supir").image
+    adain = engine.restore(img, FAST.with_(color_fix_method="adain"), model="tiny-supir").image
+    none = engine.restore(img, FAST.with_(color_fix=False), model="tiny-supir").image
+    assert len({wavelet.tobytes(), adain.tobytes(), none.tobytes()}) == 3
+    with pytest.raises(ValueError, match="color_fix_method"):
+        FAST.with_(color_fix_method="lab").validate()

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from backend.devices import choose_device
-from backend.image_ops import wavelet_color_fix
+from backend.image_ops import adain_color_fix, wavelet_color_fix
 from backend.models.store import resolve_model
 from backend.models.supir.configs import full_configs
 from backend.models.supir.sampler import (
@@ -239,11 +239,13 @@ def test_whole_run_from_the_seed(pipe: SupirPipeline, ref: dict[str, torch.Tenso
     close(out, ref["sample.color_fixed"].add(1).mul(0.5).clamp(0, 1), 1e-4)
 
 
-def test_colour_fix(ref: dict[str, torch.Tensor]) -> None:
-    """SUPIR's wavelet fix (in [-1, 1]) equals ours (in [0, 1]): the filter is linear."""
+def test_colour_fixes(ref: dict[str, torch.Tensor]) -> None:
+    """SUPIR's wavelet fix (in [-1, 1]) equals ours (in [0, 1]): the filter is linear. AdaIN is
+    applied in SUPIR's own range."""
     content, style = ref["colorfix.content"], ref["colorfix.style"]
     ours = wavelet_color_fix(content.add(1).mul(0.5), style.add(1).mul(0.5))
     close(ours, ref["colorfix.wavelet"].add(1).mul(0.5).clamp(0, 1))
+    close(adain_color_fix(content, style), ref["colorfix.adain"])
 
 
 def test_fixture_metadata_names_the_official_commit() -> None:

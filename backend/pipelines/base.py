@@ -99,6 +99,7 @@ class SamplingKnobs:
     churn: float | None = None
     churn_noise: float | None = None
     color_fix: bool = True
+    color_fix_method: str = "wavelet"
 
 
 @dataclass

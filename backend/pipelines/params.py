@@ -55,6 +55,7 @@ class RestoreParams:
     process_size: int | None = None
     added_noise_level: int | None = None  # PASD-SD1.5's noised start; families starting from noise ignore it
     color_fix: bool = True
+    color_fix_method: str = "wavelet"  # "wavelet" (local) or "adain" (per channel, SUPIR's other fix)
     # SUPIR's sampler (families without it ignore these): guidance at the first step (linear in the
     # noise level to ``guidance``); the control scale at the first step (linear to the fidelities;
     # unset keeps it constant); restoration guidance strength τ (≤ 0 off) and its weight inside and
@@ -134,6 +135,8 @@ class RestoreParams:
                 _integer(name, value, 0, 1 << 20)
             for name, value in zip(("frame width", "frame height"), self.frame[2:], strict=True):
                 _integer(name, value, 1, 1 << 20)
+        if self.color_fix_method not in ("wavelet", "adain"):
+            raise ParamsError(f"color_fix_method must be wavelet or adain, not {self.color_fix_method!r}")
         for name in ("prompt", "quality_prompt", "negative_prompt"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

@@ -26,7 +26,7 @@ import torch
 from transformers import CLIPTokenizer
 
 from ..devices import DeviceChoice
-from ..image_ops import area_resize, wavelet_color_fix
+from ..image_ops import adain_color_fix, area_resize, wavelet_color_fix
 from ..models.loading import ModelLoadError
 from ..models.sdxl.text import SdxlText
 from ..models.store import InstalledModel
@@ -276,8 +276,10 @@ class SupirPipeline:
         with self._on_device(m.vae):
             decoded = self._decode(latents, vae_tiling, "decode", progress, check_cancel)
         emit(trace, "decoded", decoded)
+        if knobs.color_fix and knobs.color_fix_method == "adain":  # in [-1, 1], as SUPIR does
+            decoded = adain_color_fix(decoded, x_stage1)
         out = decoded.add_(1).mul_(0.5)
-        if knobs.color_fix:
+        if knobs.color_fix and knobs.color_fix_method != "adain":
             out = wavelet_color_fix(out, x_stage1.add_(1).mul_(0.5), in_place=True)
         return out.clamp_(0, 1)
 
