@@ -1,11 +1,11 @@
-"""Peak memory of ×4 upscales to 1, 4, 16 and 64 megapixels with a tiny model (PASD or PASD-SDXL).
+"""Peak memory of ×4 upscales to 1, 4, 16 and 64 megapixels with a tiny model (PASD, PASD-SDXL, SUPIR).
 
 Each size runs in its own child process and reports its peak resident memory; the table shows the
 growth per extra output megapixel, which must stay under 64 MB: only image-sized buffers (input,
 pre-scaled image, output) may grow with the image, never model activations, because the diffusion
 and the VAE run in tiles.
 
-    python bench/engine_memory.py [--variant full|sdxl] [--sizes 1,4,16,64] [--steps 1] [--tile 256]
+    python bench/engine_memory.py [--variant full|sdxl|supir] [--sizes 1,4,16,64] [--steps 1] [--tile 256]
                                   [--vae-tile 512]
 """
 
@@ -66,7 +66,9 @@ def main() -> int:
     parser.add_argument("--vae-tile", type=int, default=512)
     parser.add_argument("--models", type=Path, help="folder holding the model (default: a fresh tiny one)")
     parser.add_argument("--model", default="bench-tiny")
-    parser.add_argument("--variant", choices=("full", "sdxl"), default="full", help="tiny PASD or PASD-SDXL")
+    parser.add_argument(
+        "--variant", choices=("full", "sdxl", "supir"), default="full", help="tiny PASD, PASD-SDXL or SUPIR"
+    )
     parser.add_argument("--child-megapixels", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_megapixels is not None:
@@ -79,7 +81,12 @@ def main() -> int:
             from backend.models.tiny import write_tiny_model
 
             args.models = Path(tmp)
-            write_tiny_model(args.models / args.model, args.variant, seed=0)
+            if args.variant == "supir":
+                from backend.models.supir.tiny import write_tiny_supir
+
+                write_tiny_supir(args.models / args.model, seed=0)
+            else:
+                write_tiny_model(args.models / args.model, args.variant, seed=0)
         rows = []
         for mp in [float(s) for s in args.sizes.split(",")]:
             cmd = [sys.executable, __file__, "--child-megapixels", str(mp), "--steps", str(args.steps)]
@@ -93,7 +100,7 @@ def main() -> int:
             print(f"… {rows[-1]['output']} done in {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
 
     tiles = f"tiles {args.tile}/{args.vae_tile} px"
-    family = "PASD-SDXL" if args.variant == "sdxl" else "PASD"
+    family = {"sdxl": "PASD-SDXL", "supir": "SUPIR"}.get(args.variant, "PASD")
     print(f"\nEngine peak memory, ×4 upscale, tiny {family} model, {args.steps} steps, {tiles}")
     header = ("output", "MP", "input", "tiles", "time s", "peak MB", "MB/extra MP")
     print("{:>12} {:>6} {:>10} {:>6} {:>8} {:>9} {:>12}".format(*header))
