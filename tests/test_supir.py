@@ -340,3 +340,33 @@ def test_adain_colour_fix_runs_against_the_stage_one_image(engine: Engine) -> No
     assert len({wavelet.tobytes(), adain.tobytes(), none.tobytes()}) == 3
     with pytest.raises(ValueError, match="color_fix_method"):
         FAST.with_(color_fix_method="lab").validate()
+
+
+def test_the_denoise_encoder_tiles_like_the_vae(pipe: SupirPipeline) -> None:
+    """SUPIR's degradation-robust encoder runs in VAE tiles with shared GroupNorm statistics (and
+    the VAE's quant_conv): with halos that reach across the image it gives the untiled latents; with
+    short halos it departs from them no more than the VAE's own encoder does (its mid-block
+    attention is global; every tiled VAE approximates it)."""
+    from backend.pipelines.tiled_vae import VaeTiling, tiled_encode
+
+    ramp = torch.linspace(0.0, 0.6, 192).expand(1, 3, 128, 192)
+    image = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(2)) * 0.4 + ramp
+
+    def error(encoder: torch.nn.Module | None, tiling: VaeTiling) -> float:
+        run = dict(sample=False, from_unit=True, encoder=encoder)
+        whole = tiled_encode(pipe.model.vae, image, None, **run)
+        return float((tiled_encode(pipe.model.vae, image, tiling, **run) - whole).norm() / whole.norm())
+
+    assert error(pipe.model.denoise_encoder, VaeTiling(tile=12, halo=16)) < 1e-4
+    short = VaeTiling(tile=8, halo=8)
+    assert error(pipe.model.denoise_encoder, short) < 3 * error(None, short)
+
+
+def test_offload_sizing_counts_the_files_a_supir_folder_links(tiny_supir: Path) -> None:
+    from backend.engine import weights_parameters
+    from backend.models.supir.tiny import official_inventory, tiny_supir_configs
+
+    inventory = official_inventory(tiny_supir_configs(tiny_supir / "tokenizer"))
+    params = sum(int(np.prod(s)) for f in inventory.values() for s in f.values())
+    counted = weights_parameters(resolve_model(tiny_supir))
+    assert abs(counted - params) < 0.01 * params  # the pickle counts by its bytes
