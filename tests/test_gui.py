@@ -695,6 +695,9 @@ def test_supir_shows_its_sampler_its_presets_and_its_terms_before_download(
         params = dialog.request().params
         assert (params["guidance"], params["guidance_start"], params["restoration"]) == (6.0, 3.0, 4.0)
         assert (params["restoration_bg"], params["fidelity_start"], params["churn_noise"]) == (0.5, 0.3, 1.02)
+        c.advanced.set_open(True)
+        qtbot.wait(200)
+        assert dialog.grab().save(str(SCREENSHOT.with_name("dialog-supir.png")))  # README shows it
         c.restoration.setValue(0.0)
         assert dialog.request().params["restoration"] is None and c.restoration.text() == "Off"
 
