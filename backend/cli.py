@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -82,12 +83,38 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .models.store import resolve_model
 
     model = resolve_model(args.model, args.models)
+    if model.manifest.family == "supir":
+        return _inspect_supir(model)
     unet = PasdUNet2DConditionModel.from_pretrained(model.manifest.resolve(model.root, "unet"))
     controlnet = PasdControlNetModel.from_pretrained(model.manifest.resolve(model.root, "controlnet"))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     print(f"{model.root}: PASD-{unet.pasd_variant}, tasks {', '.join(model.manifest.tasks)}")
     print(f"  unet:       {count(unet) / 1e6:10.2f} M parameters, loaded strictly")
     print(f"  controlnet: {count(controlnet) / 1e6:10.2f} M parameters, rrdb={controlnet.config.use_rrdb}")
+    return 0
+
+
+def _inspect_supir(model: Any) -> int:
+    """SUPIR's files checked part by part against the official layout (headers only: gigabytes
+    need not be read), with each part's size."""
+    from .models.supir.configs import full_configs
+    from .models.supir.loading import build, check_files, part_maps
+    from .models.supir.tiny import tiny_supir_configs
+
+    m, root = model.manifest, model.root
+    configs = tiny_supir_configs(m.resolve(root, "tokenizer")) if m.tiny else full_configs()
+    base = m.resolve(root, "base_file") if "base_file" in m.extra else None
+    report = check_files(configs, m.resolve(root, "supir"), base)
+    print(f"{root}: SUPIR, tasks {', '.join(m.tasks)}; every part matches the official layout")
+    print(f"  SUPIR weights: {m.resolve(root, 'supir')}")
+    print(f"  SDXL base:     {base or m.resolve(root, 'unet').parent}")
+    shapes = build(configs)
+    for part, (module, keymap) in part_maps(shapes, configs).items():
+        count = sum(module.state_dict()[k].numel() for k in keymap)
+        print(f"  {part:<16} {count / 1e6:10.2f} M parameters")
+    ignored = [k for keys in report.ignored.values() for k in keys]
+    if ignored:
+        print(f"  ignored (no part of SUPIR): {', '.join(ignored[:6])}{' …' if len(ignored) > 6 else ''}")
     return 0
 
 

@@ -294,6 +294,9 @@ def test_supir_is_fetched_only_after_its_terms_are_accepted(tmp_path: Path, tiny
     assert np.load(out).shape == (48, 64, 3)
     listed = run_backend("models", "--models", str(models))
     assert "supir-v0q" in listed.stdout and "non-commercial" in listed.stdout
+    described = run_backend("inspect", "supir-v0q", "--models", str(models))
+    assert described.returncode == 0, described.stderr
+    assert "every part matches the official layout" in described.stdout and "connectors" in described.stdout
 
     # SUPIR on an SDXL fine-tune: only the fine-tune's file is fetched; SUPIR's is shared.
     with FakeHub(_supir_repos(tmp_path / "again", tiny_supir)) as hub:
