@@ -8,7 +8,8 @@ The engine (``backend/engine.py``) knows no family: it loads a model's pipeline 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +32,24 @@ def no_progress(stage: str, step: int, total: int) -> None:
 
 def no_cancel() -> None:
     return None
+
+
+@contextlib.contextmanager
+def visiting(device: torch.device, offload: bool, *modules: torch.nn.Module) -> Iterator[None]:
+    """With offload, ``modules`` visit ``device`` only while the stage inside runs (then back to the
+    CPU, and CUDA's cache is emptied); without, nothing moves."""
+    if not offload:
+        yield
+        return
+    for module in modules:
+        torch.nn.Module.to(module, device)
+    try:
+        yield
+    finally:
+        for module in modules:
+            torch.nn.Module.to(module, "cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def emit(trace: TraceFn | None, name: str, tensor: torch.Tensor) -> None:

@@ -10,7 +10,7 @@ GroupNorm statistics, so memory follows the tile size and not the image size.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from .base import (
     emit,
     no_cancel,
     no_progress,
+    visiting,
 )
 from .preview import LatentPreview
 from .tiled_vae import VaeTiling, tiled_decode, tiled_encode
@@ -137,21 +138,9 @@ class PasdPipeline:
             offload=offload,
         )
 
-    @contextlib.contextmanager
-    def _on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
+    def _on_device(self, *modules: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
         """With offload, a component visits the accelerator only while its stage runs."""
-        if not self.offload:
-            yield
-            return
-        for module in modules:
-            torch.nn.Module.to(module, self.choice.device)
-        try:
-            yield
-        finally:
-            for module in modules:
-                torch.nn.Module.to(module, "cpu")
-            if self.choice.device.type == "cuda":
-                torch.cuda.empty_cache()
+        return visiting(self.choice.device, self.offload, *modules)
 
     # ------------------------------------------------------------------ stages
     def conditioning(

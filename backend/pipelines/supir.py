@@ -19,7 +19,7 @@ offload by stage, and previews whose noise is the whole image's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,6 +55,7 @@ from .base import (
     emit,
     no_cancel,
     no_progress,
+    visiting,
 )
 from .preview import LatentPreview
 from .tiled_vae import VaeTiling, tiled_decode, tiled_encode
@@ -127,21 +128,9 @@ class SupirPipeline:
         )
         return cls(parts[0], tok["tokenizer"], tok["tokenizer_2"], choice, offload=offload, report=parts[1])
 
-    @contextlib.contextmanager
-    def _on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
-        """With offload, a part visits the accelerator only while its stage runs."""
-        if not self.offload:
-            yield
-            return
-        for module in modules:
-            torch.nn.Module.to(module, self.choice.device)
-        try:
-            yield
-        finally:
-            for module in modules:
-                torch.nn.Module.to(module, "cpu")
-            if self.choice.device.type == "cuda":
-                torch.cuda.empty_cache()
+    def _on_device(self, *modules: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
+        """With offload, a component visits the accelerator only while its stage runs."""
+        return visiting(self.choice.device, self.offload, *modules)
 
     # ------------------------------------------------------------------ run
     def conditioning(self, prompt: str, negative_prompt: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
