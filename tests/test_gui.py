@@ -697,6 +697,12 @@ def test_supir_shows_its_sampler_its_presets_and_its_terms_before_download(
         assert (params["restoration_bg"], params["fidelity_start"], params["churn_noise"]) == (0.5, 0.3, 1.02)
         c.advanced.set_open(True)
         qtbot.wait(200)
+        from PySide6.QtWidgets import QScrollArea
+
+        area = dialog.findChild(QScrollArea)
+        if area is not None:  # scrolled to SUPIR's rows at the end of Advanced
+            area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())
+        qtbot.wait(100)
         assert dialog.grab().save(str(SCREENSHOT.with_name("dialog-supir.png")))  # README shows it
         c.restoration.setValue(0.0)
         assert dialog.request().params["restoration"] is None and c.restoration.text() == "Off"
