@@ -35,19 +35,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     root = _models_dir(args.models)
     installed = {m.root.name: m for m in installed_models(root)}
     print(f"Model folder: {root}")
-    print(f"{'id':<18} {'family':<10} {'tasks':<10} {'variant':<8} {'size':>9}  {'status':<10} licence")
+    print(f"{'id':<22} {'family':<10} {'tasks':<10} {'variant':<8} {'size':>9}  {'status':<10} licence")
     for spec in REGISTRY.values():
-        status = "installed" if spec.id in installed or (root / spec.id / spec.files[0]).is_file() else "-"
-        size = f"{spec.size_bytes / 1e9:.2f} GB"
+        on_disk = bool(spec.files) and (root / spec.id / spec.files[0]).is_file()
+        status = "installed" if spec.id in installed or on_disk else "-"
+        size = f"{spec.size_bytes / 1e9:.2f} GB" if spec.files else "linked"  # only other entries' files
         print(
-            f"{spec.id:<18} {spec.family or '-':<10} {','.join(spec.tasks) or 'base':<10} "
+            f"{spec.id:<22} {spec.family or '-':<10} {','.join(spec.tasks) or 'base':<10} "
             f"{spec.variant or '-':<8} {size:>9}  {status:<10} {spec.licence}"
         )
     for name, model in installed.items():
         if name not in REGISTRY:
             m = model.manifest
             print(
-                f"{name:<18} {m.family:<10} {','.join(m.tasks):<10} {m.variant:<8} {'':>9}  "
+                f"{name:<22} {m.family:<10} {','.join(m.tasks):<10} {m.variant:<8} {'':>9}  "
                 f"{'local':<10} {m.licence}"
             )
     print()

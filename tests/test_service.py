@@ -423,6 +423,8 @@ def test_models_lists_installed_and_downloadable(server: ServerProcess) -> None:
     supir = downloadable["supir-v0q"]
     assert supir["terms"] == "supir" and "NON-COMMERCIAL" in supir["terms_text"]
     assert "non-commercial" in supir["licence"] and downloadable["pasd"]["terms"] is None
+    linked = downloadable["supir-v0q-juggernaut"]  # other entries' files only: sized as those
+    assert not linked["installed"] and linked["size_bytes"] > supir["size_bytes"] + 7e9
     with pytest.raises(ApiError, match="NON-COMMERCIAL") as refused:
         server.client().start_download("supir-v0q")
     assert refused.value.status == 403 and refused.value.code == "licence-not-accepted"

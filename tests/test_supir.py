@@ -293,7 +293,9 @@ def test_supir_is_fetched_only_after_its_terms_are_accepted(tmp_path: Path, tiny
     assert run.returncode == 0, run.stderr
     assert np.load(out).shape == (48, 64, 3)
     listed = run_backend("models", "--models", str(models))
+    assert listed.returncode == 0, listed.stderr
     assert "supir-v0q" in listed.stdout and "non-commercial" in listed.stdout
+    assert "supir-v0q-juggernaut   supir" in listed.stdout and "linked" in listed.stdout
     described = run_backend("inspect", "supir-v0q", "--models", str(models))
     assert described.returncode == 0, described.stderr
     assert "every part matches the official layout" in described.stdout and "connectors" in described.stdout

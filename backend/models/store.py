@@ -43,6 +43,8 @@ def _models_dir(models_dir: str | Path | None) -> Path:
 
 
 def manual_instructions(spec: ModelSpec, target: Path) -> str:
+    if not spec.files:  # an entry of other entries' files: those are what to fetch
+        return "\n".join(manual_instructions(get_spec(r), target.parent / r) for r in spec.requires)
     files = "\n".join(f"  {f}" for f in spec.files)
     return (
         f"Download these files of {spec.url} (revision {spec.revision}):\n{files}\n"

@@ -27,7 +27,8 @@ from ..client import health_proof
 from ..devices import free_memory
 from ..engine import Engine, InputError, RunPlan
 from ..models.loading import ModelLoadError
-from ..models.registry import DEFAULT_MODEL_FOR_TASK, LICENCE_TERMS, REGISTRY, family_of
+from ..models.manifest import MANIFEST_NAME
+from ..models.registry import DEFAULT_MODEL_FOR_TASK, LICENCE_TERMS, REGISTRY, family_of, get_spec
 from ..models.store import LicenceNotAccepted, installed_models, missing_files
 from ..pipelines.params import ParamsError, RestoreParams
 from ..pipelines.prescale import GAN_SUFFIXES
@@ -264,9 +265,12 @@ def _install_routes(app: FastAPI, s: Services) -> None:
                 id=spec.id,
                 title=spec.title,
                 tasks=list(spec.tasks),
-                size_bytes=spec.size_bytes,
+                # an entry of linked files: what its download may fetch (the entries it links)
+                size_bytes=spec.size_bytes or sum(get_spec(r).size_bytes for r in spec.requires),
                 licence=spec.licence,
-                installed=not missing_files(spec, root / spec.id),
+                # an entry of linked files is installed once its folder has the manifest
+                installed=not missing_files(spec, root / spec.id)
+                and (bool(spec.files) or (root / spec.id / MANIFEST_NAME).is_file()),
                 url=spec.url,
                 family=spec.family,
                 gpu_memory_gb=family.gpu_memory_gb if (family := family_of(spec)) else None,
