@@ -31,7 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_registry_entries_are_complete() -> None:
     assert set(DEFAULT_MODEL_FOR_TASK.values()) <= set(REGISTRY)
     for spec in REGISTRY.values():
+        if spec.links and not spec.files:  # other entries' files only, each one its requirement
+            assert set(spec.links.values()) <= set(spec.requires) and spec.size_bytes == 0
+            continue
         assert spec.repo and spec.files and spec.licence and spec.size_bytes > 0
+        if spec.family == "supir":  # one weights file, the SDXL single file and tokenizers, terms first
+            assert spec.terms == "supir" and "non-commercial" in spec.licence
+            assert spec.files[0].endswith(".safetensors") and "sdxl-tokenizers" in spec.requires
+            assert spec.links["base_file"] in spec.requires
+            continue
         if spec.variant:  # a PASD checkpoint: unet + controlnet under its subfolder, needs its family's base
             family = FAMILIES[spec.family or ""]
             assert spec.requires[0] == family.base and set(spec.tasks) <= set(family.defaults)
@@ -45,7 +53,7 @@ def test_registry_entries_are_complete() -> None:
     pasd = {
         i: (s.subfolder, s.variant, s.use_rrdb, s.scheduler_subfolder, s.tasks)
         for i, s in REGISTRY.items()
-        if s.variant
+        if s.variant and s.family != "supir"
     }
     assert pasd == {
         "pasd": ("pasd/checkpoint-100000", "full", False, None, ("upscale",)),
