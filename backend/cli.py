@@ -119,6 +119,45 @@ def _inspect_supir(model: Any) -> int:
     return 0
 
 
+def _cmd_faces(args: argparse.Namespace) -> int:
+    """The soft face mask the runs would use, at the image's size, for scripts and for checking."""
+    import json
+
+    import numpy as np
+
+    from .faces import FaceDetectionError, describe, detect_faces, faces_mask
+    from .image_io import ImageInputError, read_image, write_image
+
+    if args.output.exists() and not args.force:
+        print(f"error: {args.output} exists; use --force to replace it", file=sys.stderr)
+        return 1
+    if args.output.resolve() == args.image.resolve():
+        print("error: the mask would replace the image; choose another file name", file=sys.stderr)
+        return 1
+    try:
+        image = read_image(args.image)
+        faces = detect_faces(image)
+    except (ImageInputError, FaceDetectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    mask = faces_mask(image.shape[:2], faces)
+    try:
+        write_image(args.output, np.clip(mask * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    except (ImageInputError, OSError) as exc:
+        print(f"error: could not write {args.output}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"faces": [f.to_dict() for f in faces], "width": image.shape[1],
+                          "height": image.shape[0]}))  # fmt: skip
+    else:
+        print(f"{args.output}: {image.shape[1]}×{image.shape[0]} mask; {describe(faces)}")
+        for face in faces:
+            print(
+                f"face: {face.width}×{face.height} at {face.x},{face.y} ({face.kind}, score {face.score:.2f})"
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="GIMP Diffusion Upscale backend")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model id or folder")
     p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("faces", help="find faces and write the soft face mask (8-bit grey, the image's size)")
+    p.add_argument("image", type=Path, help="PNG, TIFF, JPEG, WebP or .npy")
+    p.add_argument("-o", "--output", type=Path, required=True, help="where to write the mask (e.g. mask.png)")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    p.add_argument("--json", action="store_true", help="print the faces as JSON instead of text")
+    p.set_defaults(func=_cmd_faces)
 
     from .doctor import add_doctor_parser
     from .restore_cli import add_restore_parsers

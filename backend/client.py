@@ -591,6 +591,15 @@ class Client:
     def result_image(self, job_id: str) -> RawImage:
         return RawImage.from_npy(self.result(job_id, "npy"))
 
+    def foreground(self, job_id: str) -> RawImage:
+        """The soft foreground a finished job used when faces were part of it (8-bit grey, the
+        result's size), e.g. for a channel the user can refine; NotFound-like ApiError (409) otherwise."""
+        return RawImage.from_npy(self.request("GET", f"{API}/jobs/{_q(job_id)}/foreground?format=npy").body)
+
+    def faces(self, image_id: str) -> list[dict[str, Any]]:
+        """Faces found in an uploaded image: [{x, y, width, height, score, kind}], largest first."""
+        return list(self._json("POST", f"{API}/faces", {"image": image_id})["faces"])
+
     def wait(
         self,
         job_id: str,

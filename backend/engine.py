@@ -31,6 +31,8 @@ from .devices import (
     is_out_of_memory,
     return_large_buffers_to_os,
 )
+from .faces import Face, FaceDetectionError, clip_faces, detect_faces, faces_mask
+from .faces import describe as faces_describe
 from .models.loading import ModelLoadError
 from .models.registry import DEFAULT_MODEL_FOR_TASK, get_spec
 from .models.store import InstalledModel, installed_models, resolve_model
@@ -43,7 +45,7 @@ from .pipelines.base import (
     TraceFn,
     emit,
 )
-from .pipelines.captioner import Captioner, find_captioner
+from .pipelines.captioner import SOURCE_MODEL_IDS, Captioner, Describer, WordSource, find_describer
 from .pipelines.families import load_pipeline
 from .pipelines.params import RestoreParams
 from .pipelines.prescale import make_prescaler
@@ -117,6 +119,8 @@ class RestoreResult:
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
     params: RestoreParams | None = None  # what the run used: every unset parameter as the model's default
+    faces: tuple[Face, ...] = ()  # the faces that were part of the foreground (input pixels)
+    foreground: np.ndarray | None = None  # with faces: the soft foreground used (H×W float32, input size)
 
 
 def plan_process_size(out_h: int, out_w: int, process_size: int, task: str) -> tuple[int, int]:
@@ -188,7 +192,7 @@ class Engine:
         self._offload = offload
         self._pipeline: RestorationPipeline | None = None
         self._loaded: Path | None = None
-        self._captioner: Captioner | None = None
+        self._describers: dict[WordSource, Describer] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ models
@@ -246,11 +250,19 @@ class Engine:
         bytes_per = 2 if self.choice.dtype != torch.float32 else 4
         return weights_parameters(model) * bytes_per > free_memory(self.choice.device) / 2
 
+    def describer(self, source: WordSource) -> Describer | None:
+        """The model behind automatic prompt words (BLIP captions or the ImageNet classifier), loaded
+        once; None while its weights are not installed (installing it later takes effect)."""
+        if source not in self._describers:
+            found = find_describer(source, self.models_dir, self.choice.device, self.choice.dtype)
+            if found is None:
+                return None
+            self._describers[source] = found
+        return self._describers[source]
+
     def captioner(self) -> Captioner | None:
-        """BLIP for automatic prompt words, loaded once; None while its weights are not installed."""
-        if self._captioner is None:
-            self._captioner = find_captioner(self.models_dir, self.choice.device, self.choice.dtype)
-        return self._captioner
+        found = self.describer("caption")
+        return found if isinstance(found, Captioner) else None
 
     def unload(self) -> None:
         self._pipeline = None
@@ -353,12 +365,13 @@ class Engine:
         report("load", 0, 1)
         model = self.find_model(model_name, params.task)
         params = params.resolved(model.manifest.defaults(params.task))
+        foreground, faces, face_notes = self._foreground(pixels, soft, params)
         pipeline = self.pipeline_for(model)
         plan = self.plan(height, width, params, pipeline)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         try:
             out, prompt, negative, notes = self._run(
-                pixels, soft, params, plan, pipeline, seed, report, cancel, preview, trace
+                pixels, soft, params, plan, pipeline, seed, report, cancel, preview, trace, foreground
             )
         except Canceled:
             raise
@@ -384,9 +397,48 @@ class Engine:
             model=model.root.name,
             plan=plan,
             seconds=time.perf_counter() - started,
-            notes=tuple(notes),
+            notes=(*face_notes, *notes),
             params=params,
+            faces=faces,
+            foreground=foreground if faces else None,
         )
+
+    def _foreground(
+        self, pixels: np.ndarray, soft: np.ndarray | None, params: RestoreParams
+    ) -> tuple[np.ndarray | None, tuple[Face, ...], list[str]]:
+        """The mask that gets ``fidelity_fg``: the user's, faces (chosen or found), or both.
+
+        The colorize region stays the user's mask alone: faces change fidelity, not where colour goes.
+        """
+        height, width = pixels.shape[:2]
+        if params.faces == "off":
+            return soft, (), []
+        if params.face_boxes is not None:
+            dx, dy = (params.frame[0], params.frame[1]) if params.frame is not None else (0, 0)
+            chosen = [Face.from_box(list(box)).moved(-dx, -dy) for box in params.face_boxes]
+            faces = clip_faces(chosen, (height, width))
+            notes = [f"{len(faces)} chosen face{'s' if len(faces) != 1 else ''} as the foreground"]
+        elif params.faces == "on" or (
+            params.faces == "auto" and soft is None and params.fidelity_fg != params.fidelity_bg
+        ):
+            try:
+                faces = detect_faces(pixels)
+            except FaceDetectionError as exc:
+                if params.faces == "on":
+                    raise InputError(str(exc)) from exc
+                return soft, (), [f"faces were not looked for: {exc}"]
+            notes = [
+                faces_describe(faces)
+                + ("" if faces else "; the background fidelity applies everywhere" if soft is None else "")
+            ]
+        else:
+            return soft, (), []
+        if not faces:
+            return soft, (), notes
+        mask = faces_mask((height, width), faces)
+        if soft is not None:
+            np.maximum(mask, soft, out=mask)
+        return mask, tuple(faces), notes
 
     def _run(
         self,
@@ -400,7 +452,10 @@ class Engine:
         cancel: CancelToken,
         preview: PreviewFn | None = None,
         trace: TraceFn | None = None,
+        foreground: np.ndarray | None = None,
     ) -> tuple[np.ndarray, str, str, list[str]]:
+        """``soft`` is the user's mask (the colorize region); ``foreground`` the fidelity mask (the
+        user's mask with any faces)."""
         notes: list[str] = []
         height, width, channels = pixels.shape
         has_alpha = channels in (2, 4)
@@ -424,13 +479,12 @@ class Engine:
             preview(to_preview(cond))
 
         restore: torch.Tensor | float = float(params.restoration_bg)
-        if soft is not None:
-            m = image_ops.resize(torch.from_numpy(soft)[None, None], process, kind="mask")
+        if foreground is not None:
+            m = image_ops.resize(torch.from_numpy(foreground)[None, None], process, kind="mask")
             if params.restoration_fg != params.restoration_bg:
                 restore = m * (params.restoration_fg - params.restoration_bg) + params.restoration_bg
-            scale: torch.Tensor | float = m.mul_(params.fidelity_fg - params.fidelity_bg).add_(
-                params.fidelity_bg
-            )
+            # not in place: at the input's own size the resized mask is the caller's array
+            scale: torch.Tensor | float = m * (params.fidelity_fg - params.fidelity_bg) + params.fidelity_bg
             emit(trace, "scale_map", scale)
         else:
             scale = float(params.fidelity_bg)
@@ -447,13 +501,20 @@ class Engine:
 
         auto_words = ""
         if params.auto_prompt:
-            captioner = self.captioner()
-            if captioner is None:
-                notes.append("automatic description is off: its model (blip) is not installed")
+            source = params.auto_prompt_source
+            describer = self.describer(source)  # type: ignore[arg-type]
+            if describer is None:
+                notes.append(
+                    f"automatic description is off: its model ({SOURCE_MODEL_IDS[source]}) is not installed"
+                )
             else:
                 cancel.check()
                 report("describe", 0, 1)
-                auto_words = captioner.describe(image_ops.resize(cond, _fit(process, 384)))
+                small = image_ops.resize(cond, _fit(process, 384))
+                auto_words = describer.describe(small)
+                if source == "classify" and not auto_words:
+                    label, p = describer.classify(small)  # type: ignore[union-attr]
+                    notes.append(f"no class words: the classifier is not sure ({label}, p={p:.2f} < 0.1)")
                 if params.task == "colorize":
                     auto_words = colorize_words(auto_words)
         prompt = join_prompt(params.prompt, auto_words, params.quality_prompt or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -340,3 +341,33 @@ def from_float(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         return np.asarray(array).astype(dtype, copy=False)
     raise ValueError(f"unsupported pixel type {dtype}: expected uint8, uint16 or float")
+
+
+# A face box from a detector spans brows to chin and cheek to cheek; the region that should keep
+# the face's identity also holds the forehead, the jaw line and the ears' edge.
+FACE_WIDEN = 0.62  # ellipse half-width per box width
+FACE_HEIGHTEN = 0.80  # ellipse half-height per box height
+FACE_LIFT = 0.08  # centre raised by this much of the box height (the forehead)
+FACE_FEATHER = 0.25  # soft edge, as a fraction of the ellipse's radius (half inside, half outside)
+
+
+def face_mask(size: tuple[int, int], boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Soft foreground of face boxes ``(x, y, w, h)`` over an H×W picture: feathered ellipses, not
+    boxes, so a face's fidelity fades into its surroundings instead of leaving a visible seam."""
+    height, width = size
+    mask = np.zeros((height, width), np.float32)
+    for x, y, w, h in boxes:
+        cx, cy = x + w / 2.0, y + h / 2.0 - FACE_LIFT * h
+        ax, ay = max(0.5, FACE_WIDEN * w), max(0.5, FACE_HEIGHTEN * h)
+        reach = 1.0 + FACE_FEATHER / 2
+        x0, x1 = max(0, math.floor(cx - ax * reach)), min(width, math.ceil(cx + ax * reach) + 1)
+        y0, y1 = max(0, math.floor(cy - ay * reach)), min(height, math.ceil(cy + ay * reach) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx) / ax
+        ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy) / ay
+        r = np.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
+        t = np.clip((reach - r) / FACE_FEATHER, 0.0, 1.0)
+        soft = t * t * (3.0 - 2.0 * t)  # smoothstep: no kink where the edge starts or ends
+        np.maximum(mask[y0:y1, x0:x1], soft, out=mask[y0:y1, x0:x1])
+    return mask

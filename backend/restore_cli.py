@@ -43,9 +43,52 @@ def add_restore_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--models", type=Path, help="model folder (default: the per-user one)")
         p.add_argument("--prompt", default="", help="what the picture shows, in a few words")
         p.add_argument("--auto-prompt", action="store_true", help="add words from the captioning model")
+        p.add_argument(
+            "--prompt-words",
+            choices=("caption", "classify"),
+            default="caption",
+            help="where --auto-prompt's words come from: a BLIP caption (default) or the ImageNet class "
+            "(as ModelScope's PASD; needs resnet50-classifier)",
+        )
         p.add_argument("--quality-prompt", help="quality words added to the prompt (default: the model's)")
         p.add_argument("--negative-prompt", help="what to avoid (default: the model's)")
         p.add_argument("--mask", type=Path, help="foreground mask (grey or alpha), same size as the input")
+        faces = p.add_mutually_exclusive_group()
+        faces.add_argument(
+            "--faces",
+            action="store_const",
+            const="on",
+            dest="faces",
+            help="faces found automatically are the foreground (added to --mask); without --faces they are "
+            "used when there is no mask and --fidelity-fg differs from --fidelity-bg",
+        )
+        faces.add_argument(
+            "--no-faces", action="store_const", const="off", dest="faces", help="never look for faces"
+        )
+        p.set_defaults(faces="auto")
+        style = p.add_argument_group("personalized base model and fast mode (PASD SD1.5 models)")
+        style.add_argument(
+            "--style",
+            help="a style from `python -m backend models` or a file/folder: an SD1.5 checkpoint "
+            "(.safetensors/.ckpt), a kohya LoRA or a diffusers UNet folder",
+        )
+        style.add_argument(
+            "--style-strength",
+            type=float,
+            help="0 to 2: blending alpha of a checkpoint (default 1) or a LoRA's multiplier (default 0.6)",
+        )
+        style.add_argument(
+            "--lora-scaling",
+            choices=("alpha", "reference"),
+            default="alpha",
+            help="a style LoRA's alpha: scale by alpha/rank (default) or ignore it as PASD's code does",
+        )
+        style.add_argument(
+            "--fast",
+            action="store_true",
+            help="LCM-LoRA fast mode: 4 steps at guidance 1.5 unless --steps/--guidance "
+            "(needs `python -m backend download lcm-lora-sdv1-5`)",
+        )
         p.add_argument(
             "--fidelity-fg", type=float, help="0 to 2: fidelity inside the mask (default: the model's)"
         )
@@ -154,6 +197,12 @@ def run_restore(args: argparse.Namespace) -> int:
             restoration_bg=args.restoration_bg,
             churn=args.churn,
             churn_noise=args.churn_noise,
+            faces=args.faces,
+            auto_prompt_source=args.prompt_words,
+            style=args.style,
+            style_strength=args.style_strength,
+            style_lora_scaling=args.lora_scaling,
+            fast=args.fast,
         ).validate()
         image = read_image(args.input)
         mask = read_mask(args.mask, image.shape[:2]) if args.mask else None
@@ -194,6 +243,8 @@ def run_restore(args: argparse.Namespace) -> int:
         f"({result.plan.tiles} tile{'s' if result.plan.tiles != 1 else ''})"
     )
     print(f"prompt: {result.prompt}")
+    for face in result.faces:
+        print(f"face: {face.width}×{face.height} at {face.x},{face.y} ({face.kind}, score {face.score:.2f})")
     for note in result.notes:
         print(f"note: {note}")
     return 0

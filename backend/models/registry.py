@@ -24,6 +24,15 @@ PASD_LICENCE = "Apache-2.0 (PASD code and weights, github.com/yangxy/PASD)"
 SD15_LICENCE = "CreativeML OpenRAIL-M (Stable Diffusion 1.5)"
 BLIP_REPO = "Salesforce/blip-image-captioning-base"
 BLIP_LICENCE = "BSD-3-Clause (BLIP, Salesforce)"
+# Optional pieces beside the restoration models (tasks name what they are for, not a restoration task):
+# the LCM-LoRA of the fast mode, the ImageNet classifier that gives ModelScope-style prompt words, and
+# a personalized SD1.5 checkpoint ("style") as PASD's demo blends it.
+LCM_REPO = "latent-consistency/lcm-lora-sdv1-5"
+LCM_LICENCE = "CreativeML Open RAIL++-M (LCM-LoRA SD1.5, latent-consistency)"
+CLASSIFIER_REPO = "microsoft/resnet-50"
+CLASSIFIER_LICENCE = "Apache-2.0 (ResNet-50 ImageNet-1k, Microsoft)"
+STYLE_MAJICMIX_REPO = "camenduru/PASD"  # the copy PASD's own demo uses (yangxy's OSS assets)
+STYLE_MAJICMIX_LICENCE = "CreativeML OpenRAIL-M (majicMIX realistic v6, by Merjic)"
 
 _UNET_FULL_BYTES = 1_107_755_524 * 4
 _UNET_LIGHT_BYTES = 888_218_884 * 4
@@ -457,6 +466,33 @@ REGISTRY: dict[str, ModelSpec] = {
             licence=BLIP_LICENCE,
             size_bytes=_BLIP_BYTES,
             tasks=("caption",),
+        ),
+        ModelSpec(
+            id="lcm-lora-sdv1-5",
+            title="LCM-LoRA for SD1.5: the fast mode (3-4 steps) of the PASD SD1.5 models",
+            repo=LCM_REPO,
+            files=("pytorch_lora_weights.safetensors",),
+            licence=LCM_LICENCE,
+            size_bytes=134_621_556,
+            tasks=("fast",),
+        ),
+        ModelSpec(
+            id="resnet50-classifier",
+            title="ResNet-50 ImageNet classifier (prompt words as ModelScope's PASD makes them)",
+            repo=CLASSIFIER_REPO,
+            files=("config.json", "model.safetensors", "preprocessor_config.json"),
+            licence=CLASSIFIER_LICENCE,
+            size_bytes=25_557_032 * 4,
+            tasks=("classify",),
+        ),
+        ModelSpec(
+            id="style-majicmix-realistic",
+            title="majicMIX realistic v6: a personalized SD1.5 checkpoint for photographic restoration",
+            repo=STYLE_MAJICMIX_REPO,
+            files=("majicmixRealistic_v6.safetensors",),
+            licence=STYLE_MAJICMIX_LICENCE,
+            size_bytes=2_400_000_000,
+            tasks=("style",),
         ),
     )
 }

@@ -28,6 +28,14 @@ _FROM_DEFAULTS = {
     "churn": "churn",
     "churn_noise": "churn_noise",
 }
+FACES = ("auto", "on", "off")
+WORD_SOURCES = ("caption", "classify")
+LORA_SCALINGS = ("alpha", "reference")
+# The fast mode's own defaults (LCM-LoRA): few steps, and guidance near 1 (LCM distils guidance in;
+# the reference keeps 9.0, which a user may still set).
+FAST_STEPS = 4
+FAST_GUIDANCE = 1.5
+MAX_FACES = 64
 MIN_TILE = 64  # pixels; below this the UNet's coarsest feature map is a single value
 MAX_SEED = 2**63 - 1
 
@@ -45,6 +53,7 @@ class RestoreParams:
     scale: float = 2.0
     prompt: str = ""
     auto_prompt: bool = False
+    auto_prompt_source: str = "caption"  # "caption" (BLIP) or "classify" (ImageNet class, as ModelScope)
     quality_prompt: str | None = None
     negative_prompt: str | None = None
     steps: int | None = None
@@ -74,18 +83,43 @@ class RestoreParams:
     # A preview's crop: [x, y, whole width, whole height] of the image it is cut from (input pixels).
     # The crop is then processed at the whole image's scale and with its noise there (see NoiseAnchor).
     frame: tuple[int, int, int, int] | None = None
+    # The foreground that gets fidelity_fg: "auto" uses the mask, or faces found automatically when
+    # there is no mask and the two fidelities differ; "on" adds the faces to the mask; "off" never
+    # looks for faces. ``face_boxes`` ([x, y, w, h], in the whole image's pixels like ``frame``) are
+    # faces the user chose (the dialog's overlay): they are used instead of detecting.
+    faces: str = "auto"
+    face_boxes: tuple[tuple[int, int, int, int], ...] | None = None
+    # A personalized SD1.5 base ("style"): an installed style's name or a file/folder path, its strength
+    # (blending alpha for a checkpoint, multiplier for a LoRA; None: its own default) and how a LoRA's
+    # alpha is used ("alpha": scaled by alpha/rank; "reference": ignored, as PASD's code does).
+    style: str | None = None
+    style_strength: float | None = None
+    style_lora_scaling: str = "alpha"
+    fast: bool = False  # LCM-LoRA fused into the UNet: FAST_STEPS steps at FAST_GUIDANCE unless set
 
     def __post_init__(self) -> None:
         if isinstance(self.frame, list):  # from JSON
             object.__setattr__(self, "frame", tuple(self.frame))
+        if isinstance(self.face_boxes, list):
+            boxes = tuple(tuple(b) if isinstance(b, list) else b for b in self.face_boxes)
+            object.__setattr__(self, "face_boxes", boxes)
 
     def resolved(self, defaults: ModelDefaults) -> RestoreParams:
-        """Every unset model parameter filled in from the model's defaults (the values a run uses)."""
+        """Every unset model parameter filled in from the model's defaults (the values a run uses);
+        the fast mode has its own steps and guidance."""
         unset = {
             name: getattr(defaults, source)
             for name, source in _FROM_DEFAULTS.items()
             if getattr(self, name) is None
         }
+        if self.fast:
+            unset.update(
+                {
+                    k: v
+                    for k, v in (("steps", FAST_STEPS), ("guidance", FAST_GUIDANCE))
+                    if getattr(self, k) is None
+                }
+            )
         return replace(self, **unset)
 
     def validate(self) -> RestoreParams:
@@ -135,6 +169,31 @@ class RestoreParams:
                 _integer(name, value, 0, 1 << 20)
             for name, value in zip(("frame width", "frame height"), self.frame[2:], strict=True):
                 _integer(name, value, 1, 1 << 20)
+        for name, allowed in (
+            ("faces", FACES),
+            ("auto_prompt_source", WORD_SOURCES),
+            ("style_lora_scaling", LORA_SCALINGS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ParamsError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.face_boxes is not None:
+            if not isinstance(self.face_boxes, tuple) or len(self.face_boxes) > MAX_FACES:
+                raise ParamsError(
+                    f"face_boxes must be a list of at most {MAX_FACES} [x, y, width, height] boxes"
+                )
+            for box in self.face_boxes:
+                if not isinstance(box, tuple) or len(box) != 4:
+                    raise ParamsError("each face box must be [x, y, width, height]")
+                for name, value in zip(("face x", "face y"), box[:2], strict=True):
+                    _integer(name, value, -(1 << 20), 1 << 20)
+                for name, value in zip(("face width", "face height"), box[2:], strict=True):
+                    _integer(name, value, 1, 1 << 20)
+        if self.style is not None and (not isinstance(self.style, str) or not self.style.strip()):
+            raise ParamsError("style must be the name of an installed style or a path to one")
+        if self.style_strength is not None:
+            _number("style_strength", self.style_strength, 0.0, 2.0)
+        if not isinstance(self.fast, bool):
+            raise ParamsError(f"fast must be true or false, not {self.fast!r}")
         if self.color_fix_method not in ("wavelet", "adain"):
             raise ParamsError(f"color_fix_method must be wavelet or adain, not {self.color_fix_method!r}")
         for name in ("prompt", "quality_prompt", "negative_prompt"):

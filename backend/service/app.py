@@ -26,6 +26,7 @@ from .. import __version__
 from ..client import health_proof
 from ..devices import free_memory
 from ..engine import Engine, InputError, RunPlan
+from ..faces import DETECTOR, DETECTOR_LICENCE, FaceDetectionError, detect_faces
 from ..models.loading import ModelLoadError
 from ..models.manifest import MANIFEST_NAME
 from ..models.registry import DEFAULT_MODEL_FOR_TASK, LICENCE_TERMS, REGISTRY, family_of, get_spec
@@ -385,6 +386,7 @@ def _install_routes(app: FastAPI, s: Services) -> None:
         _check_work(s, image.height, image.width, s.engine.resolved(params, _known(s, request.model)))
         _check_model(s, request.model, params.task)
         params = _check_prescaler(s, params)
+        _check_style(s, params)
         try:
             job = s.jobs.submit(request.image, request.mask, request.model, params, request.detached)
         except QueueFull as exc:
@@ -454,6 +456,47 @@ def _install_routes(app: FastAPI, s: Services) -> None:
         if job.preview_png is None:
             return Response(status_code=204)
         return Response(job.preview_png, media_type="image/png")
+
+    @app.get(
+        f"{v}/jobs/{{job_id}}/foreground",
+        tags=["jobs"],
+        response_class=FileResponse,
+        responses={
+            200: {
+                "content": {"application/x-npy": {}, "image/png": {}, "image/tiff": {}},
+                "description": "the soft foreground the run used when faces were part of it (8-bit grey, "
+                "the result's size): to refine it, e.g. as a GIMP channel",
+            }
+        },
+    )
+    def job_foreground(
+        job_id: str, format: Annotated[schemas.ImageFormat, Query(description="file format")] = "npy"
+    ) -> FileResponse:
+        _job(s, job_id)
+        try:
+            path = s.jobs.foreground_path(job_id, format)
+        except ValueError as exc:
+            raise ApiError(409 if "has no" in str(exc) else 422, str(exc)) from None
+        media = {"npy": "application/x-npy", "png": "image/png", "tiff": "image/tiff"}[format]
+        return PixelFileResponse(path, media_type=media, filename=f"{job_id}-foreground.{format}")
+
+    @app.post(f"{v}/faces", response_model=schemas.FaceList, tags=["images"])
+    def find_faces(request: schemas.FacesRequest) -> schemas.FaceList:
+        """Faces in an uploaded image, for a dialog to show and let the user choose (face_boxes)."""
+        _image(s, request.image)
+        pixels = s.images.load(request.image)
+        try:
+            found = detect_faces(pixels)
+        except FaceDetectionError as exc:
+            raise ApiError(503, str(exc)) from None
+        height, width = pixels.shape[:2]
+        return schemas.FaceList(
+            faces=[schemas.FaceBox(**f.to_dict()) for f in found],
+            width=width,
+            height=height,
+            detector=DETECTOR,
+            licence=DETECTOR_LICENCE,
+        )
 
     @app.get(
         f"{v}/jobs/{{job_id}}/result",
@@ -616,6 +659,21 @@ def _check_prescaler(s: Services, params: RestoreParams) -> RestoreParams:
             f"{folder} folder (there now: {', '.join(found) or 'none'}).",
         )
     return params.with_(prescaler=str(candidate))
+
+
+def _check_style(s: Services, params: RestoreParams) -> None:
+    """Clients name an installed style (``GET /v1/models`` lists them), never a server path."""
+    if params.style is None:
+        return
+    from ..models.pasd.styles import find_styles
+
+    names = sorted(style.name for style in find_styles(s.config.resolved_models_dir()))
+    if params.style not in names:
+        raise ApiError(
+            422,
+            f"Unknown style {params.style!r}: use the name of a style installed on the server (there now: "
+            f"{', '.join(names) or 'none'}); styles are files in its models/styles folder.",
+        )
 
 
 def _image(s: Services, image_id: str, field: str = "image") -> Any:

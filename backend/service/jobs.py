@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+import torch
 
+from .. import image_ops
 from ..engine import Canceled, CancelToken, EngineError, RestoreResult
 from ..image_io import ImageInputError, mask_from_pixels, write_image
 from ..models.loading import ModelLoadError
@@ -104,6 +106,15 @@ def disk_full_message(folder: Path) -> str:
         f"The server's disk is full{left}: nothing could be saved in {folder}. Free some space there "
         "(or delete finished jobs), then try again."
     )
+
+
+def foreground_at(mask: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A float H×W mask as 8-bit grey at ``image``'s size (upscaled results get an upscaled mask)."""
+    height, width = image.shape[:2]
+    m = torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None, None]
+    if m.shape[-2:] != (height, width):
+        m = image_ops.resize(m, (height, width), kind="mask")
+    return np.clip(m[0, 0].numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 class UnknownJob(KeyError):
@@ -394,6 +405,19 @@ class JobQueue:
             write_image(target, np.load(source, allow_pickle=False))
         return target
 
+    def foreground_path(self, job_id: str, fmt: str) -> Path:
+        """The job's foreground mask (faces, with the user's mask) as 8-bit grey at the result's size."""
+        self.result_path(job_id, "npy")  # the same errors as the result: not finished, failed, ...
+        source = self._folder(job_id) / "foreground.npy"
+        if not source.is_file():
+            raise ValueError(f"Job {job_id} has no foreground mask: no faces were part of its foreground.")
+        if fmt == "npy":
+            return source
+        target = self._folder(job_id) / f"foreground.{fmt}"
+        if not target.is_file():
+            write_image(target, np.load(source, allow_pickle=False))
+        return target
+
     def mark_fetched(self, job_id: str) -> None:
         with self._cond:
             job = self._jobs.get(job_id)
@@ -450,6 +474,8 @@ class JobQueue:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 write_image(folder / "result.npy", result.image)
+                if result.foreground is not None:  # the soft foreground with faces, at the result's size
+                    write_image(folder / "foreground.npy", foreground_at(result.foreground, result.image))
             except (OSError, ImageInputError) as exc:
                 if is_disk_full(exc):
                     raise StorageFull(disk_full_message(self.root)) from None
@@ -467,6 +493,7 @@ class JobQueue:
                 "model": result.model,
                 "seconds": round(result.seconds, 3),
                 "notes": list(result.notes),
+                "faces": [face.to_dict() for face in result.faces],
             }
             with self._cond:
                 job.result = info

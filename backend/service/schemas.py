@@ -189,6 +189,29 @@ class Progress(BaseModel):
     eta_seconds: float | None
 
 
+class FaceBox(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+    score: float = Field(description="how sure the detector is, 0 to 1 (1 for boxes a user chose)")
+    kind: str = Field(description="frontal, profile or given")
+
+
+class FacesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="id of an uploaded image (POST /v1/images)")
+
+
+class FaceList(BaseModel):
+    faces: list[FaceBox]
+    width: int
+    height: int
+    detector: str
+    licence: str
+
+
 class ResultInfo(BaseModel):
     width: int
     height: int
@@ -200,6 +223,10 @@ class ResultInfo(BaseModel):
     model: str
     seconds: float
     notes: list[str]
+    faces: list[FaceBox] = Field(
+        default_factory=list,
+        description="faces that were part of the foreground (input pixels); GET …/foreground has the mask",
+    )
 
 
 class JobInfo(BaseModel):
