@@ -632,3 +632,92 @@ def test_an_interactive_run_in_gimp_keeps_a_result_the_plugin_lost_and_offers_it
         assert list((handoff / "undelivered").iterdir()) == []  # applied: the kept copy is gone
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_new_arguments_map_to_faces_style_fast_and_prompt_words() -> None:
+    params = core.RunSettings.from_values(
+        "upscale",
+        {
+            "foreground": "faces",
+            "style": " toon ",
+            "style-strength": 0.7,
+            "fast": True,
+            "prompt-words": "classify",
+        },
+    ).backend_params()
+    assert params["faces"] == "on" and params["style"] == "toon" and params["style_strength"] == 0.7
+    assert params["fast"] is True and params["auto_prompt_source"] == "classify"
+    checked = RestoreParams.from_dict(params)
+    assert checked.faces == "on" and checked.fast and checked.style == "toon"
+    plain = core.RunSettings.from_values("colorize", {"foreground": "selection"}).backend_params()
+    assert plain["faces"] == "off" and "style" not in plain and "fast" not in plain
+    own = core.RunSettings.from_values("upscale", {"style": "toon"}).backend_params()
+    assert "style_strength" not in own  # -1: the style's own strength
+    with pytest.raises(core.PluginError, match="foreground must be one of auto, selection, faces"):
+        core.RunSettings.from_values("upscale", {"foreground": "eyes"})
+    from backend.client import DialogAnswer
+
+    answer = DialogAnswer(
+        {"scale": 2.0, "faces": "on", "style": "toon", "style_strength": None, "fast": True,
+         "auto_prompt_source": "classify"},
+        {"output": "layer"}, {"seed": 3},
+    )  # fmt: skip
+    back = core.settings_from_answer("upscale", answer, core.RunSettings.from_values("upscale", {}))
+    assert back.get("foreground") == "faces" and back.get("style") == "toon"
+    assert back.get("style-strength") == -1.0 and back.get("fast") is True
+    assert back.get("prompt-words") == "classify"
+
+
+@pytest.mark.parametrize("output", ["layer", "image"])
+def test_faces_found_in_gimp_become_a_channel_to_refine(
+    gimp: Gimp, backend: ServerProcess, output: str
+) -> None:
+    """A real portrait with no selection: faces are the foreground, and the mask used comes back as a
+    hidden channel at the result's scale."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as photos
+
+    from backend.faces import detect_faces
+
+    portrait = np.asarray(Image.fromarray(photos.astronaut()).resize((192, 192), Image.LANCZOS))
+    (face,) = detect_faces(portrait)
+    work = gimp.workdir()
+    try:
+        (work / "portrait.raw").write_bytes(portrait.tobytes())
+        body = f"""
+        img = Gimp.Image.new_with_precision(192, 192, Gimp.ImageBaseType.RGB, P.U8_NON_LINEAR)
+        layer = Gimp.Layer.new(img, 'portrait', 192, 192, Gimp.ImageType.RGB_IMAGE, 100.0,
+                               Gimp.LayerMode.NORMAL)
+        img.insert_layer(layer, None, 0)
+        layer.get_buffer().set(Gegl.Rectangle.new(0, 0, 192, 192), "R'G'B' u8",
+                               open({gimp.inside(work / "portrait.raw")!r}, 'rb').read())
+        layer.get_buffer().flush()
+        status, error = call('plug-in-diffusion-upscale', img, layer, scale=2, output={output!r},
+                             foreground='faces', fidelity_fg=1.5, fidelity_bg=0.3, {FAST})
+        others = [i for i in Gimp.get_images() if i.get_id() != img.get_id()]
+        target = img if {output!r} == 'layer' else others[0]
+        channels = []
+        for channel in target.get_channels():
+            values = pixels(channel, 'Y u8')
+            w = channel.get_width()
+            channels.append({{'name': channel.get_name(), 'size': [w, channel.get_height()],
+                             'visible': channel.get_visible(), 'values': list(values)}})
+        save({{'status': status, 'error': error, 'channels': channels,
+              'source_channels': len(img.get_channels())}})
+        """
+        result = gimp.run_script(HELPERS + textwrap.dedent(body), work, {core.URL_VARIABLE: backend.url})
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    assert result["status"] == "success", result["error"] + result["_output"][-3000:]
+    (channel,) = result["channels"]
+    assert channel["name"] == core.FACES_CHANNEL_NAME and channel["size"] == [384, 384]
+    assert channel["visible"] is False
+    values = np.array(channel["values"], np.uint8).reshape(384, 384)
+    cx, cy = 2 * face.x + face.width, 2 * face.y + face.height  # the face's centre at ×2
+    assert values[cy, cx] == 255 and values[370, 10] == 0 and values[10, 370] == 0
+    assert 0.01 < (values > 127).mean() < 0.15
+    if output == "image":
+        assert result["source_channels"] == 0  # the source image is untouched

@@ -281,7 +281,22 @@ def _install_routes(app: FastAPI, s: Services) -> None:
             )
             for spec in REGISTRY.values()
         ]
-        return schemas.ModelList(installed=installed, downloadable=downloadable)
+        from ..models.pasd.styles import find_styles
+        from ..pipelines.fast import LCM_FILE, LCM_MODEL_ID
+
+        styles = [
+            schemas.StyleInfo(
+                name=style.name,
+                kind=style.kind,
+                default_strength=style.default_strength,
+                licence=style.licence,
+            )
+            for style in find_styles(root)
+        ]
+        fast = (root / LCM_MODEL_ID / LCM_FILE).is_file()
+        return schemas.ModelList(
+            installed=installed, downloadable=downloadable, styles=styles, fast_mode=fast
+        )
 
     @app.post(
         f"{v}/models/{{model_id}}/download",

@@ -124,9 +124,25 @@ class DownloadableModelInfo(BaseModel):
     terms_text: str = Field("", description="the terms, to show the user before they accept")
 
 
+class StyleInfo(BaseModel):
+    name: str = Field(description="what to send as the style parameter")
+    kind: Literal["checkpoint", "unet", "lora"] = Field(
+        description="an SD1.5 checkpoint blended into PASD's UNet (with its VAE and text encoder), "
+        "a diffusers UNet folder, or a LoRA merged at a multiplier"
+    )
+    default_strength: float = Field(description="style_strength when unset: blending alpha or multiplier")
+    licence: str = ""
+
+
 class ModelList(BaseModel):
     installed: list[InstalledModelInfo]
     downloadable: list[DownloadableModelInfo]
+    styles: list[StyleInfo] = Field(
+        default_factory=list, description="personalized SD1.5 bases for the PASD SD1.5 models (style)"
+    )
+    fast_mode: bool = Field(
+        False, description="whether the fast mode (fast: true) can run: its LCM-LoRA is installed"
+    )
 
 
 class DownloadStatus(BaseModel):

@@ -179,7 +179,7 @@ class Runner:
         backend = core.load_backend_settings(PLUGIN_DIR)
         connection = core.connect(backend, on_wait=lambda seconds: Gimp.progress_pulse())
         job, result = self._process(connection, source.image, source.mask)
-        self.apply(source, core.Outcome.from_job(job), result)
+        self.apply(source, core.Outcome.from_job(job), result, connection)
 
     def run_with_dialog(self, procedure, config) -> core.RunSettings | None:  # type: ignore[no-untyped-def]
         """Interactive: the PySide6 dialog runs the job; None when the user canceled.
@@ -265,10 +265,10 @@ class Runner:
         backend = core.load_backend_settings(PLUGIN_DIR)
         connection = core.connect(backend, on_wait=lambda seconds: Gimp.progress_pulse())
         job, result = self._process(connection, source.image, source.mask)
-        self.apply(source, core.Outcome.from_job(job), result)
+        self.apply(source, core.Outcome.from_job(job), result, connection)
         return self.settings
 
-    def apply(self, source: Input, outcome: core.Outcome, result) -> None:  # type: ignore[no-untyped-def]
+    def apply(self, source: Input, outcome: core.Outcome, result, connection=None) -> None:  # type: ignore[no-untyped-def]
         scale = self.settings.scale
         region = source.region
         if (result.width, result.height) != (region.width * scale, region.height * scale):
@@ -277,11 +277,41 @@ class Runner:
                 f"{region.width * scale}×{region.height * scale}; nothing was changed."
             )
         Gimp.progress_set_text(f"Diffusion {self.task}: adding the result")
+        foreground = self._foreground(outcome, connection)
         if self.settings.get("output") == "image":
-            self._new_image(source.layer, region, source.selection, outcome, result)
+            self._new_image(source.layer, region, source.selection, outcome, result, foreground)
         else:
-            self._new_layer(source.layer, region, source.selection, outcome, result)
+            self._new_layer(source.layer, region, source.selection, outcome, result, foreground)
         Gimp.displays_flush()
+
+    def _foreground(self, outcome: core.Outcome, connection=None):  # type: ignore[no-untyped-def]
+        """The soft foreground the backend used, when faces were part of it and the user wants it as
+        a channel; a problem fetching it is reported and never costs the result."""
+        if not (self.settings.get("faces-channel") and outcome.result.get("faces") and outcome.job_id):
+            return None
+        try:
+            if connection is None:
+                connection = core.connect(core.load_backend_settings(PLUGIN_DIR))
+            return connection.foreground(outcome.job_id)
+        except (client.ClientError, OSError) as exc:
+            Gimp.message(
+                f"The faces' mask could not be fetched from the backend ({exc}); the result is added."
+            )
+            return None
+
+    def _add_foreground_channel(self, image, foreground, rect: core.Rect) -> None:  # type: ignore[no-untyped-def]
+        """The foreground as a hidden channel over ``rect`` (output pixels), to refine and reuse."""
+        if foreground is None:
+            return
+        colour = Gegl.Color.new("red")
+        channel = Gimp.Channel.new(
+            image, core.FACES_CHANNEL_NAME, image.get_width(), image.get_height(), 50.0, colour
+        )
+        image.insert_channel(channel, None, 0)
+        channel.set_visible(False)
+        buffer = channel.get_buffer()
+        buffer.set(_rect(rect), "Y u8", bytes(foreground.data))
+        buffer.flush()
 
     def _source_layer(self):  # type: ignore[no-untyped-def]
         if len(self.drawables) != 1:
@@ -363,7 +393,7 @@ class Runner:
             core.PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(record)
         )
 
-    def _new_layer(self, source, region, selection, outcome, result) -> None:  # type: ignore[no-untyped-def]
+    def _new_layer(self, source, region, selection, outcome, result, foreground=None) -> None:  # type: ignore[no-untyped-def]
         """The result as a layer above the source, in one undo step.
 
         Upscaling scales the whole image first (every layer, channel and the selection, as Image →
@@ -403,6 +433,7 @@ class Runner:
             created.set_offsets(region.x * scale, region.y * scale)
             self._finish_layer(created, result, mask_values)
             created.attach_parasite(self._parasite(outcome, region))
+            self._add_foreground_channel(image, foreground, region.scaled(scale))
         except Exception as exc:
             # Remove what was added and restore the mode; a scaled image can only be restored
             # exactly by GIMP's undo (scaling back would blur it), so the message says so.
@@ -418,7 +449,7 @@ class Runner:
         finally:
             image.undo_group_end()
 
-    def _new_image(self, source, region, selection, outcome, result) -> None:  # type: ignore[no-untyped-def]
+    def _new_image(self, source, region, selection, outcome, result, foreground=None) -> None:  # type: ignore[no-untyped-def]
         scale = self.settings.scale
         mask_values = self._mask_values(region, scale) if selection is not None else None
         base = Gimp.ImageBaseType.RGB if result.channels >= 3 else Gimp.ImageBaseType.GRAY
@@ -434,6 +465,7 @@ class Runner:
             image.insert_layer(layer, None, 0)
             self._fill(layer, result, mask_values)
             layer.attach_parasite(self._parasite(outcome, region))
+            self._add_foreground_channel(image, foreground, core.Rect(0, 0, result.width, result.height))
             image.undo_enable()
         except Exception:
             image.delete()

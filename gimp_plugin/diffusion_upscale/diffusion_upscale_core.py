@@ -92,7 +92,25 @@ ARGUMENTS: tuple[Argument, ...] = (
              -1, -1, 999),
     Argument("color-fix", "boolean", "_Colour fix", "Keep the original's colours (wavelet colour fix)", True,
              tasks=("upscale",)),
+    Argument("foreground", "choice", "_Foreground", "What gets the selection fidelity", "auto",
+             choices=(("auto", "The selection, or faces found automatically without one"),
+                      ("selection", "The selection only"),
+                      ("faces", "Faces found automatically (and the selection)"))),
+    Argument("faces-channel", "boolean", "Faces as a c_hannel",
+             "Add the foreground used as a channel when faces were part of it, to refine it", True),
+    Argument("style", "string", "St_yle",
+             "Installed style (personalized SD1.5 base) for the PASD SD1.5 models; empty: none", ""),
+    Argument("style-strength", "double", "Style _strength",
+             "Blending alpha of a checkpoint or a LoRA's multiplier, 0 to 2; -1: the style's own",
+             -1.0, -1.0, 2.0),
+    Argument("fast", "boolean", "F_ast mode",
+             "LCM-LoRA: 4 steps at guidance 1.5 unless steps/guidance are set (PASD SD1.5 models)", False),
+    Argument("prompt-words", "choice", "Prompt _words", "Where automatic prompt words come from", "caption",
+             choices=(("caption", "A caption (BLIP)"), ("classify", "The ImageNet class (as ModelScope)"))),
 )  # fmt: skip
+
+FOREGROUND_FACES = {"auto": "auto", "selection": "off", "faces": "on"}  # argument → RestoreParams.faces
+FACES_CHANNEL_NAME = "Diffusion foreground (faces)"
 
 
 # Arguments whose 0 / -1 means "the chosen model's own value" → the backend's parameter names
@@ -172,6 +190,14 @@ class RunSettings:
             params["tile"] = max(64, self.get("tile") // 8 * 8)
         if self.task == "upscale":
             params["color_fix"] = self.get("color-fix")
+        params["faces"] = FOREGROUND_FACES[self.get("foreground")]
+        if self.get("style").strip():
+            params["style"] = self.get("style").strip()
+            if self.get("style-strength") >= 0:
+                params["style_strength"] = self.get("style-strength")
+        if self.get("fast"):
+            params["fast"] = True
+        params["auto_prompt_source"] = self.get("prompt-words")
         return params
 
     @property
@@ -329,6 +355,11 @@ def settings_from_answer(task: str, answer: client.DialogAnswer, start: RunSetti
         "output": o.get("output"),
         "color-mode": o.get("color_mode"),
         "model": o.get("model") or "",
+        "foreground": {v: k for k, v in FOREGROUND_FACES.items()}.get(p.get("faces", "auto")),
+        "style": p.get("style") or "",
+        "style-strength": -1.0 if p.get("style_strength") is None else p.get("style_strength"),
+        "fast": p.get("fast"),
+        "prompt-words": p.get("auto_prompt_source"),
     }
     for name, value in mapping.items():
         if value is not None and any(a.name == name for a in arguments_for(task)):
