@@ -51,6 +51,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 f"{name:<22} {m.family:<10} {','.join(m.tasks):<10} {m.variant:<8} {'':>9}  "
                 f"{'local':<10} {m.licence}"
             )
+    from .models.pasd.styles import STYLES_DIR, find_styles
+
+    styles = find_styles(root)
+    print()
+    print(
+        f"Styles (personalized SD1.5 bases for the PASD SD1.5 models; --style NAME), in {root / STYLES_DIR}:"
+    )
+    for style in styles:
+        what = {"checkpoint": "SD1.5 checkpoint", "unet": "UNet folder", "lora": "LoRA"}[style.kind]
+        print(f"  {style.name:<28} {what:<17} strength {style.default_strength:g}  {style.licence}")
+    if not styles:
+        print("  none: put .safetensors/.ckpt checkpoints, LoRAs or UNet folders there, or download "
+              "style-majicmix-realistic")  # fmt: skip
     print()
     for family in FAMILIES.values():
         d = family.defaults["upscale"]

@@ -66,6 +66,10 @@ def read_manifest(root: Path) -> ModelManifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
+        from .modelscope import is_modelscope_folder, modelscope_manifest
+
+        if is_modelscope_folder(root):  # a ModelScope PASD snapshot: its configuration.json says it all
+            return modelscope_manifest(root)
         raise ModelLoadError(f"{root} is not a model folder: {MANIFEST_NAME} is missing") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc

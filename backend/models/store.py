@@ -22,6 +22,7 @@ from safetensors import safe_open
 from ..paths import models_dir as default_models_dir
 from .loading import ModelLoadError
 from .manifest import MANIFEST_NAME, ModelManifest, read_manifest, write_manifest
+from .modelscope import is_modelscope_folder
 from .registry import FAMILIES, LICENCE_TERMS, ModelSpec, accepted_names, get_spec, with_requirements
 
 # Training state and pickled checkpoints: loading them can run code, and no component needs them.
@@ -344,12 +345,13 @@ def download_model(
 
 
 def installed_models(models_dir: str | Path | None = None) -> list[InstalledModel]:
-    """Every folder in the model folder that has a readable manifest (PASD models, tiny ones too)."""
+    """Every folder in the model folder that has a readable manifest (PASD models, tiny ones too), and
+    ModelScope PASD snapshots (their ``configuration.json``)."""
     root = _models_dir(models_dir)
     found = []
     if root.is_dir():
         for child in sorted(root.iterdir()):
-            if (child / MANIFEST_NAME).is_file():
+            if (child / MANIFEST_NAME).is_file() or is_modelscope_folder(child):
                 try:
                     found.append(InstalledModel(child, read_manifest(child)))
                 except ModelLoadError:

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UniP
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .manifest import ModelManifest, write_manifest
+from .manifest import MANIFEST_NAME, ModelManifest, write_manifest
 from .pasd import PasdControlNetModel, PasdUNet2DConditionModel
 from .pasd.configs import pasd_sdxl_controlnet_config, pasd_sdxl_unet_config, sd15_controlnet_config
 from .sd15 import SD15_UNET_CONFIG
@@ -390,4 +390,41 @@ def write_tiny_model(
             use_rrdb=use_rrdb,
         ),
     )
+    return root
+
+
+def write_tiny_modelscope(
+    folder: str | Path,
+    version: Literal["pasd", "pasd_v2"] = "pasd_v2",
+    seed: int = 0,
+    checkpoint: bool = True,
+) -> Path:
+    """A tiny ModelScope PASD snapshot: the component folders side by side, ``configuration.json``
+    (``pipeline.version``, ``model_cfg``), a personalized single-file checkpoint (SD1.5 keys) named by
+    ``model_cfg.dreambooth_lora_ckpt``, and RetinaFace's weights file (which we never read: faces are
+    found by ``backend.faces``). v1 (``"pasd"``) has PASD-light's classes, v2 full PASD's."""
+    from .pasd.tiny_style import ldm_checkpoint, tiny_style_components, write_checkpoint
+
+    root = write_tiny_model(folder, "light" if version == "pasd" else "full", seed)
+    (root / MANIFEST_NAME).unlink()  # ModelScope's folder has none: configuration.json says it all
+    model_cfg: dict[str, Any] = {"tiled_size": 224, "process_size": 768}
+    if checkpoint:
+        state = ldm_checkpoint(*tiny_style_components(root, seed + 10))
+        write_checkpoint(root / "majicmixRealistic_v6.safetensors", state)
+        model_cfg["dreambooth_lora_ckpt"] = "majicmixRealistic_v6.safetensors"
+    config = {
+        "framework": "pytorch",
+        "task": "image-super-resolution-pasd",
+        "pipeline": {"type": "image-super-resolution-pasd", "version": version},
+        "model": {"type": "image-super-resolution-pasd"},
+        "model_cfg": model_cfg,
+    }
+    (root / "configuration.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (root / "feature_extractor").mkdir(exist_ok=True)
+    (root / "feature_extractor" / "preprocessor_config.json").write_text(
+        json.dumps({"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+                    "feature_extractor_type": "CLIPFeatureExtractor", "size": 224}, indent=2) + "\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    torch.save({"conv.weight": torch.zeros(1)}, root / "RetinaFace-R50.pth")
     return root
