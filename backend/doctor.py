@@ -130,6 +130,21 @@ def check_dialog() -> Check:
     return Check("dialog", OK, f"PySide6 {found}")
 
 
+def check_faces() -> Check:
+    """The face detector (faces as the foreground) runs on a picture with no face in it."""
+    import numpy as np
+
+    from .faces import DETECTOR, FaceDetectionError, detect_faces
+
+    try:
+        detect_faces(np.full((64, 64), 128, np.uint8))
+    except FaceDetectionError as exc:
+        return Check(
+            "faces", WARN, str(exc), f"{sys.executable} -m pip install 'opencv-python-headless>=4.8,<5'"
+        )
+    return Check("faces", OK, f"{DETECTOR} (OpenCV's bundled cascades)")
+
+
 # --------------------------------------------------------------------------- models
 def check_models(models_dir: Path) -> list[Check]:
     """What is installed, whether registry models are complete, and which model each task would use."""
@@ -387,6 +402,7 @@ def run_checks(
     checks += check_models(folder.expanduser())
     checks += plugin_checks
     checks.append(check_dialog())
+    checks.append(check_faces())
     url = server or (config.url if config else None) or DEFAULT_URL
     checks.append(check_server(url, config.token if config else None, config))
     if run_self_test:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from .devices import (
 from .faces import Face, FaceDetectionError, clip_faces, detect_faces, faces_mask
 from .faces import describe as faces_describe
 from .models.loading import ModelLoadError
+from .models.pasd.styles import Style, StyleError, StyleReport, apply_style, resolve_style
 from .models.registry import DEFAULT_MODEL_FOR_TASK, get_spec
 from .models.store import InstalledModel, installed_models, resolve_model
 from .pipelines.base import (
@@ -47,6 +49,7 @@ from .pipelines.base import (
 )
 from .pipelines.captioner import SOURCE_MODEL_IDS, Captioner, Describer, WordSource, find_describer
 from .pipelines.families import load_pipeline
+from .pipelines.fast import FastModeError, enable_fast_mode
 from .pipelines.params import RestoreParams
 from .pipelines.prescale import make_prescaler
 from .pipelines.preview import to_preview
@@ -193,6 +196,8 @@ class Engine:
         self._pipeline: RestorationPipeline | None = None
         self._loaded: Path | None = None
         self._describers: dict[WordSource, Describer] = {}
+        self._key: tuple[Any, ...] | None = None  # what the loaded pipeline's weights are (pipeline_for)
+        self._notes: list[str] = []  # what loading it did to them (styles, fast mode), for each run
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ models
@@ -229,8 +234,28 @@ class Engine:
     def loaded_model(self) -> str | None:
         return self._loaded.name if self._loaded else None
 
-    def pipeline_for(self, model: InstalledModel) -> RestorationPipeline:
-        if self._pipeline is not None and self._loaded == model.root:
+    def pipeline_for(self, model: InstalledModel, params: RestoreParams | None = None) -> RestorationPipeline:
+        """The model's pipeline, loaded once and kept while the next run wants the same weights: the
+        same model, style (with its strength) and fast mode. Styles and the fast mode change the
+        weights themselves, so another choice loads the model afresh."""
+        style = None
+        if params is not None and params.style is not None:
+            if model.manifest.family != "pasd":
+                raise InputError(
+                    f"Styles are personalized SD1.5 bases: they work with the PASD SD1.5 models, not with "
+                    f"{model.root.name} ({model.manifest.family}). Choose a PASD model or no style."
+                )
+            try:
+                style = resolve_style(params.style, self.models_dir)
+            except StyleError as exc:
+                raise InputError(str(exc)) from exc
+        fast = bool(params is not None and params.fast)
+        key = (
+            model.root,
+            (str(style.path), params.style_strength, params.style_lora_scaling) if style and params else None,
+            fast,
+        )
+        if self._pipeline is not None and self._key == key:
             return self._pipeline
         self.unload()
         offload = self._offload
@@ -239,8 +264,33 @@ class Engine:
         log.info(
             "loading %s on %s (%s, offload=%s)", model.root, self.choice.name, self.choice.dtype, offload
         )
-        self._pipeline = load_pipeline(model, self.choice, offload=offload)
+        pipeline = load_pipeline(model, self.choice, offload=offload)
+        self._notes = []
+        try:
+            builtin = model.manifest.extra.get("style")
+            if builtin:  # a ModelScope snapshot's own checkpoint, over its UNet and VAE as ModelScope does
+                path = model.manifest.resolve(model.root, "style")
+                report = apply_style(
+                    Style(path.stem, path, "checkpoint"), pipeline.unet, pipeline.vae,  # type: ignore[attr-defined]
+                    pipeline.text_encoder, 1.0, keep_text_encoder=True,  # type: ignore[attr-defined]
+                )  # fmt: skip
+                self._notes.append(f"its own checkpoint {path.name} is loaded over the UNet and the VAE")
+            if style is not None and params is not None:
+                report = apply_style(
+                    style, pipeline.unet, pipeline.vae, pipeline.text_encoder,  # type: ignore[attr-defined]
+                    params.style_strength, params.style_lora_scaling,  # type: ignore[arg-type]
+                )  # fmt: skip
+                self._notes.append(_style_note(report))
+            if fast:
+                layers = enable_fast_mode(pipeline, self.models_dir)
+                self._notes.append(f"fast mode: the LCM-LoRA is fused into {layers} UNet layers")
+        except (StyleError, FastModeError) as exc:
+            del pipeline
+            empty_cache(self.choice.device)
+            raise InputError(str(exc)) from exc
+        self._pipeline = pipeline
         self._loaded = model.root
+        self._key = key
         return self._pipeline
 
     def _should_offload(self, model: InstalledModel) -> bool:
@@ -267,6 +317,7 @@ class Engine:
     def unload(self) -> None:
         self._pipeline = None
         self._loaded = None
+        self._key = None
         empty_cache(self.choice.device)
 
     # ------------------------------------------------------------------ planning
@@ -366,7 +417,7 @@ class Engine:
         model = self.find_model(model_name, params.task)
         params = params.resolved(model.manifest.defaults(params.task))
         foreground, faces, face_notes = self._foreground(pixels, soft, params)
-        pipeline = self.pipeline_for(model)
+        pipeline = self.pipeline_for(model, params)
         plan = self.plan(height, width, params, pipeline)
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
         try:
@@ -397,7 +448,7 @@ class Engine:
             model=model.root.name,
             plan=plan,
             seconds=time.perf_counter() - started,
-            notes=(*face_notes, *notes),
+            notes=(*self._notes, *face_notes, *notes),
             params=params,
             faces=faces,
             foreground=foreground if faces else None,
@@ -576,6 +627,17 @@ class Engine:
             preview(to_preview(result if colour_channels == 3 else result.expand(1, 3, -1, -1)))
         report("finish", 1, 1)
         return np.ascontiguousarray(image_ops.from_float(out, pixels.dtype)), prompt, negative, notes
+
+
+def _style_note(report: StyleReport) -> str:
+    if report.kind == "lora":
+        return f"style {report.style}: a LoRA merged into {report.lora_layers} layers at {report.strength:g}"
+    parts = [f"style {report.style}: its UNet blended in at {report.strength:g}"]
+    if report.vae_replaced:
+        parts.append("its VAE")
+    if report.text_encoder_replaced:
+        parts.append("its text encoder")
+    return ", ".join(parts)
 
 
 def _fit(size: tuple[int, int], longest: int) -> tuple[int, int]:

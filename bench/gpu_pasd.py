@@ -14,7 +14,8 @@ Random weights at the real widths, an input of SIZE² upscaled ×2 with classifi
   filled from a random pool), never in float32 first.
 
     python bench/gpu_pasd.py [--family sd15|sdxl] [--size N] [--steps N] [--runs 3] [--dtype auto]
-        [--device auto] [--compile] [--reference-python PY --pasd-repo DIR]
+        [--device auto] [--compile] [--fast [--lcm-lora FILE]] [--tiny]
+        [--reference-python PY --pasd-repo DIR]
 
 With ``--reference-python`` (an environment with the reference's pins: diffusers 0.29.2,
 transformers 4.44.2) and a checkout of github.com/yangxy/PASD, the reference pipeline
@@ -23,8 +24,16 @@ StableDiffusionXLControlNetPipeline`` for SDXL) runs the same job through ``benc
 in a child process, with the same component configs, sizes, steps, dtype and device. Peak memory is
 ``torch.cuda.max_memory_allocated`` of the last run on a GPU, the process's peak resident set on a CPU.
 
-``--tiny-widths`` (a development check, not a benchmark) swaps in the tiny test configs of
-``backend/models/tiny.py``, so both sides run end to end in seconds.
+``--fast`` (SD1.5) also times the fast mode on the same image after the normal runs: the LCM-LoRA
+fused into the UNet (``PasdPipeline.enable_fast``), LCM with ``fast.FAST_STEPS`` steps at
+``fast.FAST_GUIDANCE``, and prints the speed-up over the normal run. The LoRA is ``--lcm-lora FILE``
+(the real ``lcm-lora-sdv1-5/pytorch_lora_weights.safetensors`` fits the full-width UNet), else a
+random one in the official layout at the run's widths (``backend/models/pasd/tiny_lcm.py``); like
+the other weights, its values do not change the timing.
+
+``--tiny`` (or ``--tiny-widths``; a development check, not a benchmark) swaps in the tiny test
+configs of ``backend/models/tiny.py``, so every side runs end to end in seconds, on a CPU too:
+``python bench/gpu_pasd.py --tiny --device cpu --fast``.
 """
 
 from __future__ import annotations
@@ -243,9 +252,45 @@ def build_ours(args: argparse.Namespace, spec: dict[str, Any], tokenizers: list[
     return pipe, choice
 
 
-def run_ours(args: argparse.Namespace, spec: dict[str, Any], tokenizers: list[Path]) -> dict:
+def time_runs(pipe: Any, image: torch.Tensor, runs: int, cuda: bool, **job: Any) -> tuple[float, float]:
+    """Best seconds of ``runs`` timed runs after one warm-up (kernels, compilation), and the peak memory
+    of the last one on a GPU (the process's peak so far on a CPU)."""
+    times = []
+    with torch.inference_mode():
+        for i in range(runs + 1):
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            pipe(image, prompt="a photo", negative_prompt="blurry", seed=i, **job)
+            if cuda:
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+    return min(times), peak_gib(cuda)
+
+
+def fuse_fast(args: argparse.Namespace, spec: dict[str, Any], pipe: Any, folder: Path) -> tuple[int, float]:
+    """The fast mode on ``pipe``: ``--lcm-lora`` or a random LoRA in the official layout at the run's
+    widths (rank 64 at full width, as published); returns the layers changed and the seconds fusing took."""
+    from backend.models.pasd.tiny_lcm import LCM_LORA_RANK, write_tiny_lcm_lora
+
+    lora = args.lcm_lora
+    if lora is None:
+        rank = 4 if args.tiny_widths else LCM_LORA_RANK
+        lora = write_tiny_lcm_lora(folder, seed=0, rank=rank, alpha=rank / 8, unet_config=spec["unet"])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        layers = pipe.enable_fast(lora)
+    if pipe.choice.device.type == "cuda":
+        torch.cuda.synchronize()
+    return layers, time.perf_counter() - start
+
+
+def run_ours(args: argparse.Namespace, spec: dict[str, Any], tokenizers: list[Path]) -> list[dict]:
     from backend.image_ops import resize
     from backend.pipelines.base import DenoiseTiling
+    from backend.pipelines.fast import FAST_GUIDANCE, FAST_STEPS
 
     pipe, choice = build_ours(args, spec, tokenizers)
     job = JOBS[args.family]
@@ -253,26 +298,26 @@ def run_ours(args: argparse.Namespace, spec: dict[str, Any], tokenizers: list[Pa
     size = args.size * 2
     small = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     image = resize(small, (size, size))
-    times = []
-    with torch.inference_mode():
-        for i in range(args.runs + 1):  # the first run warms up (kernels, compilation)
-            if choice.device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            pipe(
-                image, prompt="a photo", negative_prompt="blurry", steps=args.steps, guidance=job["guidance"],
-                seed=i, scale_map=job["conditioning_scale"], tiling=tiling,
-            )  # fmt: skip
-            if choice.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - start)
-    peak = peak_gib(choice.device.type == "cuda")
+    cuda = choice.device.type == "cuda"
+    common = dict(scale_map=job["conditioning_scale"], tiling=tiling)
+    seconds, peak = time_runs(
+        pipe, image, args.runs, cuda, steps=args.steps, guidance=job["guidance"], **common
+    )
     if pipe.vae.dtype != choice.vae_dtype:  # _decode's retry: the figure counts an extra float32 decode
         print(f"ours: the random VAE overflowed in {choice.vae_dtype}; ran again in fp32", file=sys.stderr)
-    dtype = str(choice.dtype)
-    return {"name": "ours", "device": choice.name, "dtype": dtype, "seconds": min(times), "peak_gib": peak}
+    row = {"device": choice.name, "dtype": str(choice.dtype)}
+    rows = [row | {"name": "ours", "steps": args.steps, "guidance": job["guidance"]}]
+    rows[0] |= {"seconds": seconds, "peak_gib": peak}
+    if args.fast:
+        with tempfile.TemporaryDirectory() as tmp:
+            layers, fuse_seconds = fuse_fast(args, spec, pipe, Path(tmp))
+        print(f"fast mode: LCM-LoRA fused into {layers} UNet layers in {fuse_seconds:.2f} s", file=sys.stderr)
+        seconds, peak = time_runs(
+            pipe, image, args.runs, cuda, steps=FAST_STEPS, guidance=FAST_GUIDANCE, **common
+        )
+        fast = {"name": "ours fast", "steps": FAST_STEPS, "guidance": FAST_GUIDANCE}
+        rows.append(row | fast | {"seconds": seconds, "peak_gib": peak, "fuse_seconds": fuse_seconds})
+    return rows
 
 
 def release_heap() -> None:
@@ -294,15 +339,27 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and ControlNet")
+    parser.add_argument("--fast", action="store_true", help="also time the LCM-LoRA fast mode (sd15)")
+    parser.add_argument("--lcm-lora", type=Path, help="the LCM-LoRA file for --fast (default: random)")
     parser.add_argument("--reference-python", help="python of an environment with the reference's pins")
     parser.add_argument("--pasd-repo", type=Path, help="checkout of github.com/yangxy/PASD")
-    parser.add_argument("--tiny-widths", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tiny",
+        "--tiny-widths",
+        dest="tiny_widths",
+        action="store_true",
+        help="tiny widths: a plumbing check",
+    )
     args = parser.parse_args()
     job = JOBS[args.family]
     args.size = args.size or job["size"]
     args.steps = args.steps or job["steps"]
     if args.reference_python and not args.pasd_repo:
         parser.error("--reference-python needs --pasd-repo")
+    if args.fast and args.family != "sd15":
+        parser.error("--fast is for the SD1.5 PASD models (the LCM-LoRA is SD1.5's)")
+    if args.lcm_lora and not args.fast:
+        parser.error("--lcm-lora needs --fast")
 
     from backend.models.tiny import write_tokenizer
 
@@ -314,7 +371,7 @@ def main() -> int:
         if args.family == "sdxl":
             tokenizers.append(Path(tmp) / "tokenizer_2")
             write_tokenizer(tokenizers[1], pad_token="!")  # SDXL's second tokenizer pads with "!"
-        rows.append(run_ours(args, spec, tokenizers))
+        rows.extend(run_ours(args, spec, tokenizers))
         release_heap()
         if args.reference_python:
             spec_file = Path(tmp) / "components.json"
@@ -329,20 +386,33 @@ def main() -> int:
             if done.returncode:
                 print(done.stderr[-4000:], file=sys.stderr)
                 return 1
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            reference = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append({"steps": args.steps, "guidance": job["guidance"]} | reference)
 
     out = args.size * 2
     name = "PASD-SDXL" if args.family == "sdxl" else "PASD"
     widths = "TINY widths (a plumbing check, not a benchmark)" if args.tiny_widths else "full width"
     print(f"\n{name} {widths}, random weights, {args.size}² → {out}², {args.steps} steps, ", end="")
     print(f"guidance {job['guidance']}, ControlNet scale {job['conditioning_scale']}")
-    print(f"{'pipeline':<10} {'device':<28} {'dtype':<15} {'s/image':>8} {'peak GiB':>9}")
+    print(f"{'pipeline':<10} {'device':<28} {'dtype':<15} {'steps':>5} {'guid.':>5} ", end="")
+    print(f"{'s/image':>8} {'peak GiB':>9}")
     for row in rows:
-        name, device, dtype = row["name"], row["device"], row["dtype"]
-        print(f"{name:<10} {device:<28} {dtype:<15} {row['seconds']:>8.2f} {row['peak_gib']:>9.2f}")
-    print("peak: CUDA max_memory_allocated of the last run; CPU: the process's peak resident set")
-    if len(rows) == 2:
-        print(f"\nspeed-up over the reference: {rows[1]['seconds'] / rows[0]['seconds']:.2f}×")
+        name, device, dtype, steps, guidance = (
+            row[k] for k in ("name", "device", "dtype", "steps", "guidance")
+        )
+        print(
+            f"{name:<10} {device:<28} {dtype:<15} {steps:>5} {guidance:>5.1f} {row['seconds']:>8.2f} "
+            f"{row['peak_gib']:>9.2f}"
+        )
+    print("peak: CUDA max_memory_allocated of the last run; CPU: the process's peak resident set so far")
+    by_name = {row["name"]: row for row in rows}
+    if "ours fast" in by_name:
+        fast = by_name["ours fast"]
+        print(f"\nfast mode (LCM-LoRA fused once in {fast['fuse_seconds']:.2f} s): ", end="")
+        print(f"{by_name['ours']['seconds'] / fast['seconds']:.2f}× the speed of the normal run")
+    if "reference" in by_name:
+        speed_up = by_name["reference"]["seconds"] / by_name["ours"]["seconds"]
+        print(f"\nspeed-up over the reference: {speed_up:.2f}×")
     return 0
 
 

@@ -65,7 +65,17 @@ def test_doctor_on_a_working_setup(tiny_models: dict[str, Path], tmp_path: Path)
     assert done.returncode == 0, out + done.stderr
     assert out.splitlines()[0].split() == ["CHECK", "STATUS", "DETAIL", "WHAT", "TO", "DO"]
     status = rows(out)
-    for name in ("python", "pytorch", "models", "upscale", "colorize", "plug-in", "server", "self-test"):
+    for name in (
+        "python",
+        "pytorch",
+        "faces",
+        "models",
+        "upscale",
+        "colorize",
+        "plug-in",
+        "server",
+        "self-test",
+    ):
         assert status[name] == OK, (name, out)
     assert FAIL not in status.values() and str(home.plugin) in out
     assert out.rstrip().endswith("No problems; 1 warning(s).") and status["device"] == WARN

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, SchedulerMixin, UniPCMultistepScheduler
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+)
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..devices import DeviceChoice
@@ -38,6 +44,7 @@ from .base import (
     no_progress,
     visiting,
 )
+from .fast import FAST_STEPS, FastModeError, find_lcm_lora, fuse_lcm_lora, lcm_scheduler, unsupported
 from .preview import LatentPreview
 from .tiled_vae import VaeTiling, tiled_decode, tiled_encode
 from .tiling import Tile, blend_weights, plan_tiles
@@ -57,6 +64,7 @@ class PasdPipeline:
     scheduler_class: type[SchedulerMixin] = UniPCMultistepScheduler
     fixes_colour = False
     size_unit = 8
+    supports_fast = True  # the LCM-LoRA fast mode (enable_fast); the SD1.5 family only
 
     def __init__(
         self,
@@ -80,6 +88,7 @@ class PasdPipeline:
         self.offload = offload
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.max_prompt_tokens = int(tokenizer.model_max_length)
+        self.fast_lora: Path | None = None  # the LCM-LoRA fused into the UNet (fast mode), if any
         self._place(text_encoder, unet, controlnet)
         torch.nn.Module.to(vae, device=self._home, dtype=choice.vae_dtype).eval().requires_grad_(False)
 
@@ -142,6 +151,60 @@ class PasdPipeline:
         """With offload, a component visits the accelerator only while its stage runs."""
         return visiting(self.choice.device, self.offload, *modules)
 
+    # ------------------------------------------------------------------ fast mode
+    @property
+    def fast(self) -> bool:
+        """True once the LCM-LoRA is fused (:meth:`enable_fast`): every run then samples with LCM."""
+        return self.fast_lora is not None
+
+    def enable_fast(
+        self,
+        lora_file: str | Path | None = None,
+        *,
+        models_dir: str | Path | None = None,
+        scale: float = 1.0,
+    ) -> int:
+        """Switch this pipeline to the fast mode for good: fuse the LCM-LoRA into the UNet and sample
+        every later run with ``LCMScheduler`` (as PASD's ``--use_lcm_lora``).
+
+        ``lora_file`` defaults to the installed ``lcm-lora-sdv1-5`` of ``models_dir``. Steps and
+        guidance stay the caller's (``fast.FAST_STEPS``, ``fast.FAST_GUIDANCE`` are the mode's own).
+        Returns the number of UNet layers changed; 0 when this file is fused already. There is no way
+        back short of loading the model again (unfusing would leave rounding in half-precision
+        weights), so a cache of pipelines must tell fast ones apart. Raises FastModeError for a family
+        without fast mode, for the colour model (v-prediction: the LoRA is distilled from SD1.5's
+        noise prediction), for a missing or damaged file, and for a LoRA that does not fit the UNet
+        (the UNet is then left as it was).
+        """
+        if not self.supports_fast:
+            raise unsupported(self)
+        kind = self.scheduler.config.get("prediction_type", "epsilon")
+        if kind != "epsilon":
+            raise FastModeError(
+                f"The fast mode's LCM-LoRA is distilled from SD1.5's noise (epsilon) prediction, but this "
+                f"model predicts {kind} (PASD's colour model): it would paint noise. Turn the fast mode off "
+                "for this model."
+            )
+        path = Path(lora_file) if lora_file is not None else find_lcm_lora(models_dir)
+        if self.fast_lora is not None:
+            if self.fast_lora.resolve() == path.resolve():
+                return 0
+            raise FastModeError(
+                f"{self.fast_lora} is fused into this UNet already; load the model again to fuse {path}"
+            )
+        unet = getattr(self.unet, "_orig_mod", self.unet)  # under torch.compile, the module itself
+        with self._on_device(unet):  # with offload too, the merge's matrix products on the accelerator
+            changed = fuse_lcm_lora(unet, path, scale)
+        self.fast_lora = path
+        return changed
+
+    def make_scheduler(self) -> SchedulerMixin:
+        """A fresh solver for one run: the family's (UniPC; Euler on SDXL) or, in fast mode, LCM made
+        from the same config as the reference makes it."""
+        if self.fast:
+            return lcm_scheduler(self.scheduler.config)
+        return self.scheduler_class.from_config(self.scheduler.config)
+
     # ------------------------------------------------------------------ stages
     def conditioning(
         self, prompt: str, negative_prompt: str, guidance: bool, size: tuple[int, int]
@@ -197,6 +260,8 @@ class PasdPipeline:
         each solver step) and ``decoded``. Tracing only copies: the result does not change.
         ``anchor`` places the image in a larger one (a preview's crop in the whole image): the noise
         is then the larger image's, drawn in the same order, at the crop's place (see NoiseAnchor).
+        In fast mode (:meth:`enable_fast`) the solver is LCM, whose steps draw fresh noise after the
+        start's three draws (see :func:`lcm_step`).
         """
         if image.ndim != 4 or image.shape[:2] != (1, 3):
             raise ValueError(f"image must be [1, 3, H, W], got {list(image.shape)}")
@@ -217,7 +282,13 @@ class PasdPipeline:
         for name, value in conditioning.added.items():
             emit(trace, ADDED_TRACE_NAMES.get(name, name), value)
 
-        scheduler = self.scheduler_class.from_config(self.scheduler.config)
+        scheduler = self.make_scheduler()
+        if isinstance(scheduler, LCMScheduler):
+            most = scheduler.config.original_inference_steps  # LCM's steps are a subset of these
+            if not 1 <= steps <= most:
+                raise FastModeError(
+                    f"The fast mode takes 1 to {most} steps, not {steps} ({FAST_STEPS} is best)"
+                )
         scheduler.set_timesteps(steps, device=device)
         latents, init = self.start(
             scheduler, image, generator, vae_tiling, added_noise_level, progress, check_cancel, trace, anchor
@@ -259,6 +330,8 @@ class PasdPipeline:
                 on_step,
                 trace,
                 pull,
+                generator=generator,
+                anchor=anchor,
             )
 
         with self._on_device(self.vae):
@@ -325,12 +398,18 @@ class PasdPipeline:
         on_step: Callable[[torch.Tensor], None] | None = None,
         trace: TraceFn | None = None,
         pull: RestorationPull | None = None,
+        generator: torch.Generator | None = None,
+        anchor: NoiseAnchor | None = None,
     ) -> torch.Tensor:
         """The sampling loop: per step, blend the tiles' guided predictions, then step the whole latent.
 
         ``on_step`` gets the clean-latent estimate of each step (shrunk to preview size first);
-        ``trace`` the latents after each step, as ``step_{i}``.
+        ``trace`` the latents after each step, as ``step_{i}``. With LCM (fast mode) each step but the
+        last draws fresh noise from ``generator`` (the run's, after the start's draws; a fixed seed
+        when None), over the whole image's latent when ``anchor`` places this one in it.
         """
+        if isinstance(scheduler, LCMScheduler) and generator is None:
+            generator = torch.Generator("cpu").manual_seed(0)
         lh, lw = latents.shape[-2:]
         plan = tiling or DenoiseTiling(max(lh, lw), 0)
         tiles = plan_tiles(lh, lw, plan.tile, plan.overlap)
@@ -349,7 +428,12 @@ class PasdPipeline:
                 noise = pull(scheduler, latents, noise, t)
             if on_step is not None:
                 on_step(_clean_estimate(scheduler, latents, noise, t))
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            if isinstance(scheduler, LCMScheduler):
+                following = timesteps[i + 1] if i + 1 < len(timesteps) else None
+                draw = _noise_draw(generator, anchor, latents)
+                latents = lcm_step(scheduler, noise, t, latents, following, draw)
+            else:
+                latents = scheduler.step(noise, t, latents, return_dict=False)[0]
             emit(trace, f"step_{i}", latents)
         progress("denoise", len(timesteps), len(timesteps))
         return latents
@@ -545,6 +629,44 @@ class RestorationPull:
         x0 = x0 - k * (x0 - self.anchor)
         eps = (x - a * x0) / b
         return (a * eps - b * x0 if kind == "v_prediction" else eps).to(output.dtype)
+
+
+def lcm_step(
+    scheduler: LCMScheduler,
+    output: torch.Tensor,
+    t: torch.Tensor,
+    latents: torch.Tensor,
+    following: torch.Tensor | None,
+    draw: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """One LCM step with our own noise: LCM's clean estimate (its boundary-condition ``denoised``), then,
+    unless this is the last step, noised to the ``following`` timestep with ``draw()``.
+
+    That is ``LCMScheduler.step``'s own formula, √ᾱ·x̂₀ + √(1−ᾱ)·ε (:func:`renoise`), with ε drawn by
+    the caller: from the run's seeded generator, and over the whole image's latent for an anchored
+    preview, which a step's own draw (at the crop's size) could not do.
+    """
+    spare = torch.Generator("cpu").manual_seed(0)  # for the draw step() makes and we do not use
+    denoised = scheduler.step(output, t, latents, generator=spare, return_dict=True).denoised
+    if following is None:
+        return denoised
+    return renoise(denoised, draw(), int(following), scheduler.alphas_cumprod)
+
+
+def _noise_draw(
+    generator: torch.Generator, anchor: NoiseAnchor | None, latents: torch.Tensor
+) -> Callable[[], torch.Tensor]:
+    """A float32 draw shaped like ``latents`` from the run's CPU generator (anchored: the whole latent's,
+    cut out), moved to the latents' device."""
+
+    def draw() -> torch.Tensor:
+        if anchor is not None:
+            (noise,) = anchor.draw(generator, latents.shape[1], tuple(latents.shape[-2:]), (torch.float32,))
+        else:
+            noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        return noise.to(latents.device)
+
+    return draw
 
 
 def _clean_estimate(

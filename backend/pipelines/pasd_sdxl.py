@@ -33,6 +33,7 @@ class PasdSdxlPipeline(PasdPipeline):
     """PASD-SDXL components on one device; callable on a pre-scaled RGB image (see PasdPipeline)."""
 
     scheduler_class = EulerDiscreteScheduler
+    supports_fast = False  # no LCM-LoRA for PASD-SDXL: enable_fast raises FastModeError
 
     def __init__(
         self,

@@ -70,6 +70,7 @@ class SupirPipeline:
 
     fixes_colour = True
     size_unit = 32  # the latent is halved twice inside the UNet
+    supports_fast = False  # no LCM-LoRA fast mode (fast.enable_fast_mode refuses it)
 
     def __init__(
         self,
