@@ -14,6 +14,19 @@ from typing import Any
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    if args.variant in ("modelscope-v1", "modelscope-v2"):
+        from .models.tiny import write_tiny_modelscope
+
+        version = "pasd" if args.variant == "modelscope-v1" else "pasd_v2"
+        root = write_tiny_modelscope(args.dir, version, seed=args.seed)
+        print(f"Wrote a tiny ModelScope PASD {args.variant[-2:]} snapshot (with its checkpoint) to {root}")
+        return 0
+    if args.variant == "lcm-lora":
+        from .models.pasd.tiny_lcm import write_tiny_lcm_lora
+
+        path = write_tiny_lcm_lora(args.dir, seed=args.seed)
+        print(f"Wrote a tiny LCM-LoRA (lcm-lora-sdv1-5's layout, for the tiny SD1.5 models) to {path}")
+        return 0
     if args.variant == "supir":
         from .models.supir.tiny import write_tiny_supir
 
@@ -179,10 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument(
         "--variant",
-        choices=("full", "light", "color", "sdxl", "supir"),
+        choices=("full", "light", "color", "sdxl", "supir", "modelscope-v1", "modelscope-v2", "lcm-lora"),
         default="full",
-        help="PASD full / light / colour on a tiny SD1.5 base, PASD-SDXL on a tiny SDXL base, or SUPIR in "
-        "its official single-file layouts",
+        help="PASD full / light / colour on a tiny SD1.5 base, PASD-SDXL on a tiny SDXL base, SUPIR in "
+        "its official single-file layouts, a ModelScope PASD snapshot, or the fast mode's LCM-LoRA (write "
+        "it to <models>/lcm-lora-sdv1-5)",
     )
     p.add_argument(
         "--base",

@@ -8,6 +8,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import LCMScheduler, UniPCMultistepScheduler
@@ -357,3 +358,36 @@ def test_colour_model_is_refused(tiny_models: dict[str, Path], lora: Path) -> No
     with pytest.raises(FastModeError, match="v_prediction"):
         pipe.enable_fast(lora)
     assert not pipe.fast
+
+
+def test_fast_mode_through_the_cli_and_the_service(tmp_path: Path) -> None:
+    """Written with the CLI's tiny-model, listed by the service, run with fast: true on both."""
+    from PIL import Image
+
+    from backend.client import RawImage
+    from tests.conftest import run_backend
+
+    from .service_server import ServerProcess
+
+    models = tmp_path / "models"
+    for args in (("tiny-full", "--variant", "full"), (LCM_MODEL_ID, "--variant", "lcm-lora")):
+        made = run_backend("tiny-model", str(models / args[0]), *args[1:])
+        assert made.returncode == 0, made.stderr
+    pixels = (np.random.default_rng(3).random((32, 48, 3)) * 255).astype(np.uint8)
+    src = tmp_path / "in.png"
+    Image.fromarray(pixels).save(src)
+    done = run_backend(
+        "upscale", str(src), "-o", str(tmp_path / "out.png"), "--models", str(models),
+        "--fast", "--scale", "1", "--process-size", "256", "--seed", "1", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "note: fast mode: the LCM-LoRA is fused into" in done.stdout
+    with ServerProcess(models, tmp_path / "home") as server:
+        client = server.client()
+        assert client._json("GET", "/v1/models")["fast_mode"] is True
+        image_id = client.upload(RawImage(48, 32, 3, "uint8", pixels.tobytes())).id
+        params = {"scale": 1.0, "process_size": 256, "seed": 1, "fast": True}
+        job = client.wait(client.submit(image_id, params).id)
+        assert job.params["fast"] is True and any("fast mode" in n for n in job.result["notes"])
+        served = np.frombuffer(client.result_image(job.id).data, np.uint8).reshape(32, 48, 3)
+    assert np.array_equal(served, np.asarray(Image.open(tmp_path / "out.png")))  # the same run either way
