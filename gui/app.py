@@ -123,7 +123,7 @@ def job_input(path: str) -> DialogInput:
         """The result first, then the answer: the host reads the answer as "everything is there"."""
         write_npy(job.result, result)
         try:
-            DialogAnswer(request.params, request.options, {"id": info.id, **(info.result or {})}).write(
+            DialogAnswer(request.recorded, request.options, {"id": info.id, **(info.result or {})}).write(
                 job.answer
             )
         except BaseException:

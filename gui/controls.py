@@ -7,9 +7,11 @@ fonts (high-DPI), colours from the style (dark themes).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,8 +32,10 @@ from PySide6.QtWidgets import (
 
 from backend.client import DownloadStatus
 from backend.models.registry import FAMILIES, ModelDefaults, recommend_model
+from backend.pipelines.params import FAST_GUIDANCE, FAST_STEPS
 
-from .request import output_size
+from .faces import FacesPanel
+from .request import Context, output_size
 from .settings import (
     PRESETS,
     SCALES,
@@ -39,6 +43,7 @@ from .settings import (
     DialogSettings,
     apply_supir_preset,
     fallback_defaults,
+    light_model,
     matching_preset,
     preset_named,
     random_seed,
@@ -46,6 +51,39 @@ from .settings import (
 from .widgets import Fold, SliderNumber, format_bytes
 
 TILE_AUTO = 56  # the tile box's lowest value, shown as "Auto" (the smallest real tile is 64)
+RESTORATION_TASKS = ("upscale", "colorize")
+# Registry entries that are no restoration model, and what each gives the dialog (Install… lists them).
+ADD_ONS = {
+    "fast": "the fast mode (Fast, LCM, 4 steps) of the PASD SD1.5 upscale models",
+    "caption": "the words of “Describe the picture automatically” (caption)",
+    "classify": "the ImageNet class words of “Describe the picture automatically”",
+    "style": "a Style for the PASD SD1.5 models",
+}
+STYLE_KINDS = {
+    "checkpoint": "an SD1.5 checkpoint, blended into the model's UNet (its VAE and text encoder replace "
+    "the model's); strength: how much of it, 1 = all",
+    "unet": "an SD1.5 UNet folder, blended into the model's UNet; strength: how much of it, 1 = all",
+    "lora": "a LoRA, merged into the model at the strength (its multiplier)",
+}
+FAST_TIP = (
+    f"The fast mode: the LCM-LoRA lets the model finish in {FAST_STEPS} steps at guidance "
+    f"{FAST_GUIDANCE:g}, several times quicker, with a little less fine detail. Guidance can still be "
+    "raised (up to 9, as PASD's code uses) for a stronger prompt."
+)
+
+
+FOREGROUND_TIP = (
+    "How closely the foreground (the selection, and the faces when Foreground uses them) follows the "
+    "original: 0 lets the model repaint it freely, 2 keeps its shapes and textures. Raise it for faces "
+    "and lettering, lower it for worn textures."
+)
+
+
+def _narrow(combo: QComboBox, characters: int) -> None:
+    """A combo that may be narrower than its longest entry (the panel stays narrow; the list shows all)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
 
 def _row(form: QFormLayout, text: str, field: QWidget | QLayout, buddy: QWidget | None = None) -> QLabel:
@@ -114,7 +152,10 @@ class Controls(QWidget):
         self.install_menu = QMenu(self.install_button)
         self.install_menu.triggered.connect(lambda action: self.installRequested.emit(action.data()))
         self.install_button.setMenu(self.install_menu)
-        self.install_button.setToolTip("Download a model for this task into the backend's model folder.")
+        self.install_button.setToolTip(
+            "Download a model for this task, or an add-on (the fast mode's LCM-LoRA, the prompt-word "
+            "models, a style), into the backend's model folder."
+        )
         models_row = QHBoxLayout()
         models_row.addWidget(self.model_combo, 1)
         models_row.addWidget(self.install_button)
@@ -157,17 +198,57 @@ class Controls(QWidget):
         _row(form, "P&rompt:", self.prompt)
         self.auto_prompt = QCheckBox("Describe the picture a&utomatically")
         self.auto_prompt.setToolTip(
-            "A captioning model adds its own words about the picture to the prompt (needs the BLIP model "
-            "on the backend; without it this does nothing)."
+            "A model adds its own words about the picture to the prompt (needs the BLIP captioner, or the "
+            "ImageNet classifier, on the backend: Install… lists them; without it this does nothing)."
         )
+        self.words_source = QComboBox()
+        _narrow(self.words_source, 8)
+        self.words_source.addItem("caption (BLIP)", "caption")
+        self.words_source.addItem("ImageNet class (as ModelScope)", "classify")
+        self.words_source.setToolTip(
+            "Where the automatic words come from: caption: BLIP describes the picture in a sentence; "
+            "ImageNet class: a classifier names what it shows in class words, as ModelScope's PASD does."
+        )
+        self.auto_prompt.toggled.connect(self.words_source.setEnabled)
         form.addRow("", self.auto_prompt)
+        _row(form, "…words from:", self.words_source)  # under its tick box: the panel stays narrow
+
+        self.style_combo = QComboBox()
+        self.style_combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.style_combo.addItem("None", None)
+        self.style_combo.activated.connect(self._style_chosen)
+        self.style_label = _row(form, "St&yle:", self.style_combo)
+        self.style_strength = SliderNumber(0.0, 2.0, 0.05)
+        _row(form, "Style strength:", self.style_strength, self.style_strength.number)
+        self.lora_scaling = QComboBox()
+        _narrow(self.lora_scaling, 12)
+        self.lora_scaling.addItem("alpha / rank (as trainers and UIs)", "alpha")
+        self.lora_scaling.addItem("alpha ignored (as PASD's code)", "reference")
+        _row(form, "LoRA scaling:", self.lora_scaling)
+        self.sd15 = True  # the chosen model is a PASD SD1.5 one (styles, the fast mode)
+        self.styles: list[dict[str, Any]] = []  # the backend's installed styles
+        self.fast_mode: bool | None = None  # the backend's LCM-LoRA is installed (None: not listed yet)
+        self._before_fast: tuple[int, float] | None = None  # steps and guidance before Fast was ticked
+        self._strength_unknown = False  # a stored style at its own strength, before the list says which
+
+        self.foreground = QComboBox()
+        _narrow(self.foreground, 12)
+        self.foreground.addItem("Selection", "off")
+        self.foreground.addItem("Faces", "on")
+        self.foreground.addItem("Selection or faces automatically", "auto")
+        self.foreground.setToolTip(
+            "What gets the foreground fidelity. Selection: the selection only (faces are not used). "
+            "Faces: the faces ticked below (with the selection, if any). Automatically: the selection; "
+            "without one, the faces, once the two fidelities differ."
+        )
+        _row(form, "Foreground:", self.foreground)
+        self.faces_panel = FacesPanel()
+        self.faces_panel.changed.connect(self._changed)
+        form.addRow("", self.faces_panel)
 
         self.fidelity_fg = SliderNumber(0.0, 2.0, 0.05)
-        self.fidelity_fg.setToolTip(
-            "How closely the selected area follows the original: 0 lets the model repaint it freely, 2 keeps "
-            "its shapes and textures. Raise it for faces and lettering, lower it for worn textures."
-        )
-        _row(form, "Selection &fidelity:", self.fidelity_fg, self.fidelity_fg.number)
+        self.fidelity_fg.setToolTip(FOREGROUND_TIP)
+        _row(form, "Foreground &fidelity:", self.fidelity_fg, self.fidelity_fg.number)
         self.fidelity_bg = SliderNumber(0.0, 2.0, 0.05)
         self.fidelity_bg.setToolTip(
             "How closely the rest of the image (all of it, without a selection) follows the original: "
@@ -181,7 +262,13 @@ class Controls(QWidget):
             "Denoising steps. More give finer, more settled detail; time grows with the count. "
             "20 suits most pictures."
         )
-        _row(form, "S&teps:", self.steps)
+        self.fast = QCheckBox("Fast (LCM, 4 steps)")
+        self.fast.setToolTip(FAST_TIP)
+        self.fast.toggled.connect(self._fast_toggled)
+        steps_row = QHBoxLayout()
+        steps_row.addWidget(self.steps, 1)
+        steps_row.addWidget(self.fast)
+        _row(form, "S&teps:", steps_row, self.steps)
         self.guidance = QDoubleSpinBox()
         self.guidance.setRange(0.0, 30.0)
         self.guidance.setSingleStep(0.5)
@@ -239,6 +326,12 @@ class Controls(QWidget):
             self.model_combo.currentIndexChanged,
             self.prompt.textChanged,
             self.auto_prompt.toggled,
+            self.words_source.currentIndexChanged,
+            self.style_combo.currentIndexChanged,
+            self.style_strength.valueChanged,
+            self.lora_scaling.currentIndexChanged,
+            self.foreground.currentIndexChanged,
+            self.fast.toggled,
             self.fidelity_fg.valueChanged,
             self.fidelity_bg.valueChanged,
             self.steps.valueChanged,
@@ -413,13 +506,7 @@ class Controls(QWidget):
         self.form.setRowVisible(self.color_mode, not upscale and host_options)
         self.form.setRowVisible(self.output, host_options)
         self.advanced_form.setRowVisible(self.color_fix, upscale)
-        self.fidelity_fg.setEnabled(has_mask)
         self.has_mask = has_mask
-        if not has_mask:
-            self.fidelity_fg.setToolTip(
-                "There is no selection, so the background fidelity applies to the whole image. Select "
-                "an area before opening the dialog to give it its own fidelity."
-            )
         self.set_models(self.models, self.models_loaded, self.model_combo.currentData())
         self._changed()
 
@@ -459,6 +546,12 @@ class Controls(QWidget):
             color_fix=self.color_fix.isChecked(),
             color_mode=self.color_mode.currentData(),
             output=self.output.currentData(),
+            faces=self.foreground.currentData(),
+            auto_prompt_source=self.words_source.currentData(),
+            style=self.style_combo.currentData(),
+            style_strength=self.style_strength.value() if self.style_combo.currentData() else None,
+            style_lora_scaling=self.lora_scaling.currentData(),
+            fast=self.fast.isChecked(),
         )
 
     def set_values(self, s: DialogSettings) -> None:
@@ -497,8 +590,15 @@ class Controls(QWidget):
             self.color_fix.setChecked(s.color_fix)
             self.color_mode.setCurrentIndex(max(0, self.color_mode.findData(s.color_mode)))
             self.output.setCurrentIndex(max(0, self.output.findData(s.output)))
+            self.words_source.setCurrentIndex(max(0, self.words_source.findData(s.auto_prompt_source)))
+            self.words_source.setEnabled(s.auto_prompt)
+            self.foreground.setCurrentIndex(max(0, self.foreground.findData(s.faces)))
+            self._select_style(s.style, s.style_strength)
+            self.lora_scaling.setCurrentIndex(max(0, self.lora_scaling.findData(s.style_lora_scaling)))
+            self.fast.setChecked(s.fast)
         finally:
             self._loading = False
+        self._update_abilities()
         self._changed()
 
     def reset(self) -> None:
@@ -507,6 +607,8 @@ class Controls(QWidget):
     def _changed(self, *_: object) -> None:
         if self._loading:
             return
+        self._update_abilities()
+        self._update_foreground()
         preset = matching_preset(self.values(), self.shown_defaults)
         self.preset.setCurrentIndex(max(0, self.preset.findData(preset.name if preset else None)))
         out_w, out_h = output_size(*self.image_size, int(self.scale_combo.currentData()))
@@ -515,8 +617,22 @@ class Controls(QWidget):
 
     def _preset_chosen(self, index: int) -> None:
         preset = preset_named(self.preset.itemData(index) or "")
-        if preset is not None:
-            self.set_values(preset.apply(self.values(), self.shown_defaults))
+        if preset is None:
+            return
+        if preset.fast and not self.fast_ok:  # offered greyed out; the tick box's tooltip says why
+            self._changed()
+            return
+        values = self.values()
+        installed = self.models.get("installed", [])
+        light = (
+            light_model(installed, self.task, self.model_combo.currentData()) if preset.light_model else None
+        )
+        if light is not None and light != self.model_combo.currentData():
+            old, new = self.shown_defaults, self.model_defaults(light)
+            values = replace(values.with_model(old, new, self.abilities(light)[1]), model=light)
+            self.shown_defaults = new
+        self.set_values(preset.apply(values, self.shown_defaults))
+        self._show_model_info()
 
     def _default_words(self) -> None:
         quality, negative = self._words()
@@ -546,8 +662,9 @@ class Controls(QWidget):
         """The user picked a model: the knobs follow its own settings (see DialogSettings.with_model)."""
         old = self.shown_defaults
         values = self.values()  # words equal to the old model's defaults become None: they follow
-        self.shown_defaults = self.model_defaults(self.model_combo.itemData(index))
-        self.set_values(values.with_model(old, self.shown_defaults))
+        model_id = self.model_combo.itemData(index)
+        self.shown_defaults = self.model_defaults(model_id)
+        self.set_values(values.with_model(old, self.shown_defaults, self.abilities(model_id)[1]))
         self._show_model_info()
 
     def _follow_listed_model(self) -> None:
@@ -571,22 +688,218 @@ class Controls(QWidget):
         self.noise.setEnabled(d.added_noise_level is not None)
         for row in self.sampler_rows:  # SUPIR's sampler knobs, for the models that have it
             self.advanced_form.setRowVisible(row, d.guidance_start is not None)
-        self.restoration_fg.setEnabled(self.has_mask)
-        model_id = self.model_combo.currentData()
-        listed = self.models.get("installed", [])
-        entry = next((m for m in listed if m["id"] == model_id), None)
-        if entry is None and model_id is None:  # Automatic: the task's default model
-            entry = next((m for m in listed if self.task in m.get("default_for", [])), None)
+        entry = self.model_entry(self.model_combo.currentData())
         known = FAMILIES.get((entry or {}).get("family", ""))
         knobs = f"{d.steps} steps, guidance {d.guidance:g}, fidelity {d.fidelity:g}, {d.process_size} px"
         self.model_info.setText(
             f"{known.short}: its settings are {knobs}" if known else f"The model's settings are {knobs}"
         )
+        self._update_abilities()
+
+    def model_entry(self, model_id: str | None) -> dict[str, Any] | None:
+        """A listed model (Automatic: the task's default model); None before the list or without one."""
+        listed = self.models.get("installed", [])
+        entry = next((m for m in listed if m["id"] == model_id), None)
+        if entry is None and model_id is None:
+            entry = next((m for m in listed if self.task in m.get("default_for", [])), None)
+        return entry
+
+    def abilities(self, model_id: str | None) -> tuple[bool, bool]:
+        """(takes styles, has the fast mode now) for a model: styles are for the PASD SD1.5 family;
+        the fast mode also needs the LCM-LoRA on the backend and an upscale model (PASD's colour model
+        predicts v, which the LoRA was not distilled for)."""
+        sd15 = (self.model_entry(model_id) or {}).get("family", "pasd") == "pasd"
+        return sd15, sd15 and self.task == "upscale" and bool(self.fast_mode)
+
+    @property
+    def fast_ok(self) -> bool:
+        return self.abilities(self.model_combo.currentData())[1]
+
+    def _update_abilities(self) -> None:
+        """Enable the style and the fast mode where the model and the backend have them, and say why
+        not where they do not; a fast mode that cannot run is turned off (its steps and guidance go back)."""
+        sd15, fast_ok = self.abilities(self.model_combo.currentData())
+        self.sd15 = sd15
+        known = FAMILIES.get((self.model_entry(self.model_combo.currentData()) or {}).get("family", ""))
+        not_sd15 = (
+            f"Styles are for the PASD SD1.5 models; {known.short if known else 'this model'} takes none."
+        )
+        style = self._style_info()
+        self.style_combo.setEnabled(sd15)
+        self.style_strength.setEnabled(sd15)
+        self.lora_scaling.setEnabled(sd15)
+        self.form.setRowVisible(self.style_strength, style is not None)  # the rows of a chosen style
+        self.form.setRowVisible(self.lora_scaling, (style or {}).get("kind") == "lora")
+        if not sd15:
+            for widget in (self.style_combo, self.style_strength, self.lora_scaling):
+                widget.setToolTip(not_sd15)
+        else:
+            self.style_combo.setToolTip(
+                "A personalized Stable Diffusion 1.5 model the picture is painted with: its look (a film, "
+                "a painter, a kind of photograph) replaces the base model's. Put SD1.5 checkpoints, LoRAs "
+                "or UNet folders in the backend's models/styles folder, or use Install…. None: the model "
+                "as it is."
+            )
+            self.style_strength.setToolTip(
+                "How strongly the style is blended in (0–2): a checkpoint's blending weight (1: all of "
+                "it), a LoRA's multiplier. Choosing a style sets its own default."
+            )
+            self.lora_scaling.setToolTip(
+                "How a LoRA's alpha is used: alpha / rank as kohya's trainers and every UI do; or ignored, "
+                "as PASD's code does (stronger for a LoRA trained with alpha below its rank)."
+            )
+        if self.fast_mode is None:
+            tip = "Whether the backend has the fast mode is known once it has listed its models."
+        elif not sd15 or self.task != "upscale":
+            tip = "The fast mode is for the PASD SD1.5 upscale models."
+        elif not self.fast_mode:
+            tip = "Install the LCM-LoRA with Install… (lcm-lora-sdv1-5) to use the fast mode."
+        else:
+            tip = FAST_TIP
+        self.fast.setEnabled(fast_ok)
+        self.fast.setToolTip(tip)
+        index, model = self.preset.findData("Fast"), self.preset.model()
+        if isinstance(model, QStandardItemModel) and index >= 0:
+            model.item(index).setEnabled(fast_ok)  # offered once it can run
+            description = next(p.description for p in PRESETS if p.fast)
+            self.preset.setItemData(index, description if fast_ok else tip, Qt.ItemDataRole.ToolTipRole)
+        if self.fast.isChecked() and self.fast_mode is not None and not fast_ok and not self._loading:
+            self.fast.setChecked(False)  # through _fast_toggled: steps and guidance go back
+
+    def _fast_toggled(self, on: bool) -> None:
+        """Ticked: the fast mode's steps and guidance; unticked: those from before (or the model's)."""
+        if self._loading:
+            return
+        if on:
+            self._before_fast = (self.steps.value(), self.guidance.value())
+            steps, guidance = FAST_STEPS, FAST_GUIDANCE
+        else:
+            d = self.shown_defaults
+            steps, guidance = self._before_fast or (d.steps, d.guidance)
+            self._before_fast = None
+        self._loading = True
+        try:
+            self.steps.setValue(steps)
+            self.guidance.setValue(guidance)
+        finally:
+            self._loading = False
+        self._changed()
+
+    # ------------------------------------------------------------------ styles
+    def _style_info(self, name: str | None = None) -> dict[str, Any] | None:
+        name = self.style_combo.currentData() if name is None else name
+        return next((s for s in self.styles if s.get("name") == name), None) if name else None
+
+    def _select_style(self, name: str | None, strength: float | None) -> None:
+        combo = self.style_combo
+        if name and combo.findData(name) < 0 and not self.models_loaded:
+            combo.addItem(name, name)  # the stored choice, until the backend lists its styles
+        combo.setCurrentIndex(max(0, combo.findData(name)))
+        style = self._style_info()
+        default = float(style.get("default_strength", 1.0)) if style else 1.0
+        self.style_strength.setValue(default if strength is None else strength)
+        self._strength_unknown = bool(name) and style is None and strength is None
+
+    def select_style(self, name: str) -> None:
+        """Choose a listed style, at its own strength (a style just installed)."""
+        if self.style_combo.findData(name) >= 0:
+            self.style_combo.setCurrentIndex(self.style_combo.findData(name))
+            self._style_chosen(self.style_combo.currentIndex())
+
+    def _style_chosen(self, index: int) -> None:
+        """The user picked a style: its own default strength, and the LoRA choice for a LoRA."""
+        style = self._style_info(self.style_combo.itemData(index))
+        self._strength_unknown = False
+        if style is not None:
+            self.style_strength.setValue(float(style.get("default_strength", 1.0)))
+        self._update_abilities()
+
+    def _fill_styles(self) -> None:
+        combo = self.style_combo
+        current, strength = combo.currentData(), self.style_strength.value()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem("None", None)
+        for style in self.styles:
+            combo.addItem(style["name"], style["name"])
+            what = STYLE_KINDS.get(style.get("kind", ""), style.get("kind", ""))
+            licence = style.get("licence") or "not stated (see where it came from)"
+            default = style.get("default_strength", 1.0)
+            tip = f"{style['name']}: {what}.\nDefault strength {default:g}; licence: {licence}"
+            combo.setItemData(combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        if current and combo.findData(current) < 0 and not self.models_loaded:
+            combo.addItem(current, current)
+        combo.setCurrentIndex(max(0, combo.findData(current)))
+        combo.blockSignals(False)
+        style = self._style_info()
+        if style is not None and self._strength_unknown:  # now known: the style's own strength
+            strength = float(style.get("default_strength", 1.0))
+        self._strength_unknown = self._strength_unknown and style is None and bool(combo.currentData())
+        self.style_strength.blockSignals(True)
+        self.style_strength.setValue(strength)
+        self.style_strength.blockSignals(False)
+
+    # ------------------------------------------------------------------ faces
+    def faces_used(self) -> bool:
+        """Whether the faces that are on get the foreground fidelity with the current choices."""
+        choice = self.foreground.currentData()
+        if choice == "off":
+            return False
+        if choice == "on":
+            return True
+        return not self.has_mask and self.fidelity_fg.value() != self.fidelity_bg.value()
+
+    def context(self) -> Context:
+        """What the request needs besides the values: the selection, the faces on, the model's abilities."""
+        chosen = self.faces_panel.chosen()
+        return Context(
+            has_mask=self.has_mask,
+            faces=None if chosen is None else tuple(face.box for face in chosen),
+            sd15=self.sd15,
+            fast=self.fast_mode is None or self.fast_ok,  # unknown yet: the backend decides
+        )
+
+    def _update_foreground(self) -> None:
+        """The foreground fidelity is live with a selection or with faces to give it to; the line under
+        the faces says what they do with the current choice."""
+        choice = self.foreground.currentData()
+        chosen = self.faces_panel.chosen() or ()
+        live = self.has_mask or (choice != "off" and bool(chosen))
+        self.fidelity_fg.setEnabled(live)
+        self.restoration_fg.setEnabled(live)
+        self.fidelity_fg.setToolTip(
+            FOREGROUND_TIP
+            if live
+            else "There is no selection and no face to use, so the background fidelity applies to the "
+            "whole image. Select an area before opening the dialog, or use faces (Foreground), to give "
+            "it its own fidelity."
+        )
+        count, total = len(chosen), len(self.faces_panel.faces)
+        some = f"{count} of {total} face{'s' if total != 1 else ''} get{'s' if count == 1 else ''}"
+        if choice == "off":
+            hint = (
+                "Faces are not used: the selection is the foreground."
+                if self.has_mask
+                else "Faces are not used: the background fidelity applies everywhere."
+            )
+        elif choice == "on":
+            hint = f"{some} the foreground fidelity" + (", with the selection." if self.has_mask else ".")
+        elif self.has_mask:
+            hint = "The selection is the foreground (faces join automatically only without one)."
+        elif self.fidelity_fg.value() == self.fidelity_bg.value():
+            hint = f"{some} the foreground fidelity once it differs from the background's."
+        else:
+            hint = f"{some} the foreground fidelity."
+        self.faces_panel.set_hint(hint)
 
     def set_models(self, models: dict[str, list[dict[str, Any]]], loaded: bool, selected: str | None) -> int:
         """Fill the model list (this task's installed models) and the Install menu; returns how many
         models the task has installed."""
         self.models, self.models_loaded = models, loaded
+        self.styles = [s for s in models.get("styles") or [] if isinstance(s, dict) and s.get("name")]
+        if loaded:  # an older backend lists neither: no styles, no fast mode
+            self.fast_mode = bool(models.get("fast_mode", False))
+        self._fill_styles()
         installed = [m for m in self.models.get("installed", []) if self.task in m.get("tasks", [])]
         default = next((m["id"] for m in installed if self.task in m.get("default_for", [])), None)
         combo = self.model_combo
@@ -624,12 +937,34 @@ class Controls(QWidget):
                 if model.get("note"):
                     tip += f"\n{model['note'][:1].upper()}{model['note'][1:]}."
                 action.setToolTip(tip + (f"\nRecommended: {why}" if mark else ""))
+        self._add_ons()
         self.install_menu.setToolTipsVisible(True)
         return len(installed)
 
+    def _add_ons(self) -> None:
+        """Entries for another use than a restoration task (the LCM-LoRA, the prompt-word models,
+        styles), after the models, in a section of their own: each says what it adds to the dialog."""
+        extras = [  # (components with no task of their own, e.g. the SD1.5 base, come with their models)
+            m
+            for m in self.models.get("downloadable", [])
+            if m.get("tasks") and not set(m["tasks"]) & set(RESTORATION_TASKS) and not m.get("installed")
+        ]
+        if not extras:
+            return
+        self.install_menu.addSection("Add-ons")
+        for model in extras:
+            action = self.install_menu.addAction(f"{model['title']} ({format_bytes(model['size_bytes'])})")
+            action.setData(model["id"])
+            gives = [ADD_ONS.get(t, t) for t in model.get("tasks", [])]
+            tip = f"Adds {', '.join(gives) or 'a component'}.\nLicence: {model.get('licence')}"
+            tip += f"\n{model.get('url')}"
+            if model.get("terms"):
+                tip += "\nIts licence terms are shown, and must be accepted, before the download."
+            action.setToolTip(tip)
+
     @property
     def installable(self) -> bool:
-        return bool(self.install_menu.actions())
+        return any(action.data() for action in self.install_menu.actions())
 
     def show_download(self, status: DownloadStatus | None, model_id: str = "") -> None:
         """The download bar: hidden (None), starting, or bytes of total."""

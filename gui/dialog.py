@@ -49,6 +49,7 @@ from backend.client import (
     Health,
     JobFailed,
     JobInfo,
+    NotFound,
     NotOurServer,
     RawImage,
     ServerStartError,
@@ -67,6 +68,7 @@ from backend.pipelines.params import (
 )
 
 from .controls import Controls
+from .faces import Face
 from .imaging import Rect, as_array, crop, mask_bounds, mask_to_upload, to_qimage, to_raw
 from .preview import CropView, SplitView
 from .request import Request, build_request, output_size
@@ -195,6 +197,7 @@ class RestoreDialog(QDialog):
         self._start_began = 0.0
         self._download: DownloadRun | None = None
         self._select_after_load: str | None = None  # a model just installed
+        self._select_style_after_load: str | None = None  # a style just installed
         self._uploads: dict[str, str] = {}  # what the server already has: key → id
         self._mask_raw: RawImage | None = None
         self._press: str | None = None
@@ -203,6 +206,7 @@ class RestoreDialog(QDialog):
         self._before_key: tuple[Rect, int] | None = None
         self._ending = False
         self._auto_start_tried = False  # a local backend that does not answer is started once, unasked
+        self._faces_call: Call | None = None
 
         self._build()
         self.controls.configure(
@@ -249,6 +253,7 @@ class RestoreDialog(QDialog):
         # ---------------------------------------------------------------- pictures (left)
         self.crop_view = CropView()
         self.crop_view.cropChanged.connect(self._crop_moved)
+        self.crop_view.faceClicked.connect(lambda index: self.controls.faces_panel.toggle(index))
         self.split_view = SplitView()
         self.crop_view.setAccessibleName("Image with the preview frame")
         self.split_view.setAccessibleName("Preview, before and after")
@@ -291,7 +296,10 @@ class RestoreDialog(QDialog):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setWidget(self.controls)
-        scroll.setMinimumWidth(self.controls.minimumSizeHint().width())
+        # Room for the vertical scroll bar too: the controls never need a horizontal one.
+        scroll.setMinimumWidth(
+            self.controls.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
+        )
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(pictures)
@@ -355,9 +363,11 @@ class RestoreDialog(QDialog):
 
     def request(self) -> Request:
         """The backend request the controls describe (ParamsError when a value is off)."""
-        return build_request(self.task, self.values(), self.controls.shown_defaults)
+        c = self.controls
+        return build_request(self.task, self.values(), c.shown_defaults, c.context())
 
     def _values_changed(self) -> None:
+        self._show_faces()
         self._show_before()
         self._want_estimate()
         if self._preview_after is not None and self._run is None:
@@ -423,6 +433,48 @@ class RestoreDialog(QDialog):
                 w, h, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
             )
         )
+
+    # =================================================================== faces
+    def detect_faces(self) -> None:
+        """Look for faces in the input once (in a worker): the image goes up once, and Apply reuses it."""
+        panel = self.controls.faces_panel
+        if self._faces_call is not None or panel.state in ("found", "none", "unavailable"):
+            return
+        client, image, cached = self.client, self.source.image, self._uploads.get("image")
+
+        def find(task: Call) -> tuple[str, list[dict[str, Any]]]:
+            image_id = cached
+            if image_id is not None:
+                try:
+                    return image_id, client.faces(image_id)
+                except NotFound:  # the backend forgot the upload (restarted), or has no face detection
+                    task.check()
+            image_id = client.upload(image).id
+            task.check()
+            return image_id, client.faces(image_id)  # NotFound now: a backend without face detection
+
+        panel.set_searching()
+        self._faces_call = self.workers.call(find, self._faces_found, self._faces_failed)
+
+    def _faces_found(self, answer: tuple[str, list[dict[str, Any]]]) -> None:
+        self._faces_call = None
+        image_id, faces = answer
+        self._uploads["image"] = image_id
+        self.controls.faces_panel.set_faces([Face.from_json(face) for face in faces])
+
+    def _faces_failed(self, exc: BaseException) -> None:
+        """An old backend (no /v1/faces) or one without OpenCV: said once, the dialog works on without."""
+        self._faces_call = None
+        panel = self.controls.faces_panel
+        if isinstance(exc, NotFound) or (isinstance(exc, ApiError) and exc.status in (404, 405, 501, 503)):
+            panel.set_unavailable(exc.detail if isinstance(exc, ApiError) else str(exc))
+        else:  # the backend went away meanwhile: looked for again once it lists its models
+            panel.set_failed(first_line(explain(exc)))
+
+    def _show_faces(self) -> None:
+        """The overlay follows the list: which faces are on, and whether the foreground uses them."""
+        c = self.controls
+        self.crop_view.set_faces(c.faces_panel.faces, c.faces_panel.on, c.faces_used())
 
     # =================================================================== the backend
     def log_path(self) -> str:
@@ -567,8 +619,12 @@ class RestoreDialog(QDialog):
         self.models, self.models_loaded = models, True
         selected, self._select_after_load = self._select_after_load, None
         self._fill_models(selected or self.controls.model_combo.currentData())
+        style, self._select_style_after_load = self._select_style_after_load, None
+        if style:
+            self.controls.select_style(style)
         self._want_estimate()
         self._maybe_press()
+        self.detect_faces()
 
     def _fill_models(self, selected: str | None) -> None:
         count = self.controls.set_models(self.models, self.models_loaded, selected)
@@ -646,7 +702,12 @@ class RestoreDialog(QDialog):
         self.controls.show_download(None)
         if status.state == "succeeded":
             self.banner.show_message(f"Installed the model {status.model}.", error=False)
-            self._select_after_load = status.model
+            spec = next((m for m in self.models.get("downloadable", []) if m.get("id") == status.model), {})
+            tasks = spec.get("tasks", [self.task])
+            if self.task in tasks:  # a model for this task is chosen; an add-on leaves the model as it is
+                self._select_after_load = status.model
+            elif "style" in tasks:
+                self._select_style_after_load = status.model
             self.load_models()
         else:
             self._fill_models(self.controls.model_combo.currentData())  # first: this message is the news

@@ -18,8 +18,9 @@ from PySide6.QtGui import (
     QPalette,
     QPen,
 )
-from PySide6.QtWidgets import QSizePolicy, QWidget
+from PySide6.QtWidgets import QApplication, QSizePolicy, QWidget
 
+from .faces import Face
 from .imaging import Rect
 
 
@@ -56,9 +57,14 @@ def _draw_tag(painter: QPainter, widget: QWidget, text: str, anchor: QPointF, ri
 
 
 class CropView(QWidget):
-    """The image (a thumbnail) with the preview crop drawn on it; drag or use the arrow keys to move it."""
+    """The image (a thumbnail) with the preview crop drawn on it; drag or use the arrow keys to move it.
+
+    Faces found in the image are outlined as the ellipses the backend uses and numbered as in the
+    faces list; a click on one (without dragging) switches it on or off.
+    """
 
     cropChanged = Signal(object)  # Rect, in input pixels
+    faceClicked = Signal(int)  # the face's index in the list
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -67,12 +73,17 @@ class CropView(QWidget):
         self._size = QSize(0, 0)  # the input's size in pixels (the thumbnail may be smaller)
         self._crop = Rect(0, 0, 0, 0)
         self._grab: QPointF | None = None  # where in the crop the pointer holds it
+        self._faces: tuple[Face, ...] = ()
+        self._faces_on: tuple[bool, ...] = ()
+        self._faces_used = False  # the Foreground choice gives the faces that are on their fidelity
+        self._face_press: tuple[int, QPointF] | None = None  # a press on a face: a click, or a drag
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
         self.setToolTip(
             "The whole image. The frame is the part the Preview button runs; drag it, click "
-            "elsewhere, or move it with the arrow keys (Shift: faster). Tinted: the selection."
+            "elsewhere, or move it with the arrow keys (Shift: faster). Tinted: the selection. "
+            "Ellipses: the faces found; click one to switch it on or off (dashed: off)."
         )
 
     # ------------------------------------------------------------------ content
@@ -92,6 +103,45 @@ class CropView(QWidget):
             self._crop = rect
             self.update()
             self.cropChanged.emit(rect)
+
+    def set_faces(self, faces: tuple[Face, ...], on: tuple[bool, ...], used: bool) -> None:
+        """The faces to outline, which are on, and whether the foreground uses them now."""
+        if (faces, on, used) != (self._faces, self._faces_on, self._faces_used):
+            self._faces, self._faces_on, self._faces_used = faces, on, used
+            self.update()
+
+    @property
+    def faces(self) -> tuple[Face, ...]:
+        return self._faces
+
+    @property
+    def faces_on(self) -> tuple[bool, ...]:
+        return self._faces_on
+
+    @property
+    def faces_used(self) -> bool:
+        return self._faces_used
+
+    def image_on_screen(self) -> QRectF:
+        """Where the image is drawn (widget coordinates)."""
+        return self._target()
+
+    def face_on_screen(self, index: int) -> QRectF:
+        """The face's ellipse, as the rectangle it is drawn in (widget coordinates)."""
+        target = self._target()
+        if target.isEmpty() or not 0 <= index < len(self._faces):
+            return QRectF()
+        factor = target.width() / self._size.width()
+        cx, cy, rx, ry = self._faces[index].ellipse()
+        return QRectF(
+            target.x() + (cx - rx) * factor, target.y() + (cy - ry) * factor, 2 * rx * factor, 2 * ry * factor
+        )
+
+    def face_at(self, point: QPointF) -> int | None:
+        """The face under a widget point (the smallest, where ellipses overlap)."""
+        at = self._to_image(point)
+        hits = [i for i, face in enumerate(self._faces) if face.contains(at.x(), at.y())]
+        return min(hits, key=lambda i: self._faces[i].width * self._faces[i].height) if hits else None
 
     def sizeHint(self) -> QSize:
         return QSize(360, 260)
@@ -124,7 +174,14 @@ class CropView(QWidget):
     def mousePressEvent(self, event: QMouseEvent) -> None:
         if event.button() != Qt.MouseButton.LeftButton or self._size.isEmpty():
             return
-        at = self._to_image(event.position())
+        face = self.face_at(event.position())
+        if face is not None:  # a click switches the face; a drag from it still moves the frame
+            self._face_press = (face, event.position())
+            return
+        self._press(event.position())
+
+    def _press(self, position: QPointF) -> None:
+        at = self._to_image(position)
         c = self._crop
         if not (c.x <= at.x() < c.x + c.width and c.y <= at.y() < c.y + c.height):
             self.set_crop(c.centered_on(at.x(), at.y()))  # a click elsewhere brings the crop there
@@ -133,6 +190,12 @@ class CropView(QWidget):
         self.setCursor(Qt.CursorShape.ClosedHandCursor)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        if self._face_press is not None:
+            start = self._face_press[1]
+            if (event.position() - start).manhattanLength() < QApplication.startDragDistance():
+                return
+            self._face_press = None
+            self._press(start)
         at = self._to_image(event.position())
         if self._grab is not None:
             c = self._crop
@@ -142,9 +205,16 @@ class CropView(QWidget):
             return
         c = self._crop
         inside = c.x <= at.x() < c.x + c.width and c.y <= at.y() < c.y + c.height
-        self.setCursor(Qt.CursorShape.OpenHandCursor if inside else Qt.CursorShape.CrossCursor)
+        if self.face_at(event.position()) is not None:
+            self.setCursor(Qt.CursorShape.PointingHandCursor)
+        else:
+            self.setCursor(Qt.CursorShape.OpenHandCursor if inside else Qt.CursorShape.CrossCursor)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if self._face_press is not None:
+            face, self._face_press = self._face_press[0], None
+            self.faceClicked.emit(face)
+            return
         self._grab = None
         self.setCursor(Qt.CursorShape.OpenHandCursor)
 
@@ -188,9 +258,37 @@ class CropView(QWidget):
         painter.setPen(pen)
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.drawRect(crop)
+        self._draw_faces(painter)
+        painter.setBrush(Qt.BrushStyle.NoBrush)  # the tags' plates leave theirs set
         if self.hasFocus():
             painter.setPen(QPen(self.palette().color(QPalette.ColorRole.Highlight), 1, Qt.PenStyle.DotLine))
             painter.drawRect(QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5))
+
+    def _draw_faces(self, painter: QPainter) -> None:
+        """Each face's ellipse on a light halo (readable on any picture, and unlike the frame): solid in
+        the highlight colour when it gets the foreground fidelity, dashed when it is off or unused."""
+        halo = QColor(self.palette().color(QPalette.ColorRole.HighlightedText))
+        halo.setAlpha(170)
+        for index in range(len(self._faces)):
+            rect = self.face_on_screen(index)
+            on = index < len(self._faces_on) and self._faces_on[index]
+            active = on and self._faces_used
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            shadow = QPen(halo, 4)
+            shadow.setCosmetic(True)
+            painter.setPen(shadow)
+            painter.drawEllipse(rect)
+            role = QPalette.ColorRole.Highlight if on else QPalette.ColorRole.Light
+            pen = QPen(self.palette().color(role), 2 if active else 1.5)
+            pen.setCosmetic(True)
+            if not active:
+                pen.setStyle(Qt.PenStyle.DashLine)
+            painter.setPen(pen)
+            painter.drawEllipse(rect)
+            # The number sits just outside the ellipse's upper left (its 45° point, 1/√8 of each side).
+            rim = rect.center() - QPointF(rect.width(), rect.height()) * 0.354
+            lift = painter.fontMetrics().height() * 1.25
+            _draw_tag(painter, self, str(index + 1), QPointF(rim.x(), rim.y() - lift), right=True)
 
 
 class SplitView(QWidget):

@@ -1,4 +1,4 @@
-"""The dialog's values as one dataclass, saved per user, and the three presets.
+"""The dialog's values as one dataclass, saved per user, and the presets.
 
 The file is ``dialog.json`` in :func:`backend.paths.config_dir` (``GDU_CONFIG_DIR`` redirects it),
 one section per task: an upscale prompt or negative words make no sense for colorizing. A bad or
@@ -18,6 +18,7 @@ from typing import Any
 
 from backend import paths
 from backend.models.registry import FAMILIES, ModelDefaults
+from backend.pipelines.params import FACES, FAST_GUIDANCE, FAST_STEPS, LORA_SCALINGS, WORD_SOURCES
 
 SETTINGS_VERSION = 1
 SEED_MAX = 2**31 - 1  # what a spin box (and GIMP's seed argument) holds
@@ -60,6 +61,14 @@ class DialogSettings:
     color_fix: bool = True
     color_mode: str = "lch-color"
     output: str = "layer"
+    # What gets the foreground fidelity: "off" the selection only, "on" the chosen faces too, "auto"
+    # the selection, or the faces when there is none and the two fidelities differ.
+    faces: str = "auto"
+    auto_prompt_source: str = "caption"  # "caption" (BLIP) or "classify" (ImageNet class words)
+    style: str | None = None  # an installed style's name (PASD SD1.5 models only)
+    style_strength: float | None = None  # None: the style's own default strength
+    style_lora_scaling: str = "alpha"
+    fast: bool = False  # LCM-LoRA fast mode (PASD SD1.5 upscale models, once installed)
 
     @classmethod
     def defaults(cls, task: str, model: ModelDefaults | None = None) -> DialogSettings:
@@ -76,10 +85,13 @@ class DialogSettings:
             **sampler_knobs(d),
         )
 
-    def with_model(self, old: ModelDefaults, new: ModelDefaults) -> DialogSettings:
+    def with_model(self, old: ModelDefaults, new: ModelDefaults, fast_ok: bool = True) -> DialogSettings:
         """These values for another model: a preset stays that preset, anything else becomes the new
-        model's own settings; its process size, noise level and (unless edited) words follow it."""
-        preset = matching_preset(self, old) or PRESETS[1]
+        model's own settings (in fast mode, the fast mode's); its process size, noise level and (unless
+        edited) words follow it. ``fast_ok``: the new model has the fast mode (else it is turned off)."""
+        preset = matching_preset(self, old) or _PRESETS[("Fast" if self.fast else "Balanced")]
+        if preset.fast and not fast_ok:
+            preset = _PRESETS["Balanced"]
         return replace(
             preset.apply(self, new),
             process_size=new.process_size,
@@ -160,6 +172,17 @@ def _clean(name: str, value: Any) -> Any:
         return _INVALID
     if name == "color_mode" and value not in COLOR_MODES:
         return _INVALID
+    for choice, allowed in (
+        ("faces", FACES),
+        ("auto_prompt_source", WORD_SOURCES),
+        ("style_lora_scaling", LORA_SCALINGS),
+    ):
+        if name == choice and value not in allowed:
+            return _INVALID
+    if name == "style" and value is not None:
+        return value.strip() or None
+    if name == "style_strength" and value is not None:
+        return None if value < 0 else min(2.0, float(value))  # the plug-in's -1: the style's own
     if name in (
         "guidance",
         "fidelity_fg",
@@ -183,21 +206,33 @@ def _clean(name: str, value: Any) -> Any:
 @dataclass(frozen=True)
 class Preset:
     """A named starting point for the knobs that trade faithfulness against invention, relative to
-    the model's own settings (Balanced is exactly them), so it means the same on every model."""
+    the model's own settings (Balanced is exactly them), so it means the same on every model.
+
+    Two follow advice of their own: Stylize (PASD's for personalized styles: the light model,
+    conditioning 0.7, no enlargement) and Fast (the LCM-LoRA's 4 steps at guidance 1.5).
+    """
 
     name: str
     description: str
-    steps: float  # × the model's steps
-    guidance: float  # × the model's guidance
-    fidelity_fg: float  # × the model's fidelity
-    fidelity_bg: float
+    steps: float = 1.0  # × the model's steps
+    guidance: float = 1.0  # × the model's guidance
+    fidelity_fg: float = 1.0  # × the model's fidelity
+    fidelity_bg: float = 1.0
+    fidelity: float | None = None  # both fidelities exactly this, whatever the model's
+    scale: int | None = None  # the output scale it sets; None leaves the user's
+    fast: bool = False  # the fast mode, with its own steps and guidance
+    light_model: bool = False  # switch to an installed PASD light model (see light_model)
 
     def knobs(self, d: ModelDefaults) -> tuple[int, float, float, float]:
         """(steps, guidance, fidelity_fg, fidelity_bg) for a model, rounded as the controls show them."""
 
         def fidelity(factor: float) -> float:
+            if self.fidelity is not None:
+                return self.fidelity
             return min(2.0, round(d.fidelity * factor * 20) / 20)  # the slider's 0.05 steps
 
+        if self.fast:
+            return FAST_STEPS, FAST_GUIDANCE, fidelity(self.fidelity_fg), fidelity(self.fidelity_bg)
         steps = max(1, min(200, round(d.steps * self.steps)))
         return (
             steps,
@@ -208,7 +243,15 @@ class Preset:
 
     def apply(self, settings: DialogSettings, d: ModelDefaults) -> DialogSettings:
         steps, guidance, fg, bg = self.knobs(d)
-        return replace(settings, steps=steps, guidance=guidance, fidelity_fg=fg, fidelity_bg=bg)
+        return replace(
+            settings,
+            steps=steps,
+            guidance=guidance,
+            fidelity_fg=fg,
+            fidelity_bg=bg,
+            fast=self.fast,
+            scale=settings.scale if self.scale is None else self.scale,
+        )
 
     def matches(self, settings: DialogSettings, d: ModelDefaults) -> bool:
         steps, guidance, fg, bg = self.knobs(d)
@@ -217,6 +260,8 @@ class Preset:
             and abs(settings.guidance - guidance) < 1e-6
             and abs(settings.fidelity_fg - fg) < 1e-6
             and abs(settings.fidelity_bg - bg) < 1e-6
+            and settings.fast == self.fast
+            and (self.scale is None or settings.scale == self.scale)
         )
 
 
@@ -233,10 +278,6 @@ PRESETS: tuple[Preset, ...] = (
     Preset(
         "Balanced",
         "The model's reference settings.",
-        steps=1.0,
-        guidance=1.0,
-        fidelity_fg=1.0,
-        fidelity_bg=1.0,
     ),
     Preset(
         "Creative",
@@ -247,19 +288,56 @@ PRESETS: tuple[Preset, ...] = (
         fidelity_fg=0.6,
         fidelity_bg=0.4,
     ),
+    Preset(
+        "Stylize",
+        "For a Style: as PASD advises for personalized models, the light model (when one is "
+        "installed), fidelity 0.7 and no enlargement (1×), so the style can repaint the picture.",
+        fidelity=0.7,
+        scale=1,
+        light_model=True,
+    ),
+    Preset(
+        "Fast",
+        f"The fast mode (LCM-LoRA): {FAST_STEPS} steps at guidance {FAST_GUIDANCE:g}, several times "
+        "quicker; raise the guidance (up to 9, as PASD's code does) for a stronger prompt. PASD SD1.5 "
+        "upscale models, once the LCM-LoRA is installed.",
+        fast=True,
+    ),
 )
 
 
+_PRESETS = {p.name: p for p in PRESETS}
+
+
 def preset_named(name: str) -> Preset | None:
-    return next((p for p in PRESETS if p.name == name), None)
+    return _PRESETS.get(name)
 
 
 def matching_preset(settings: DialogSettings, d: ModelDefaults) -> Preset | None:
     return next((p for p in PRESETS if p.matches(settings, d)), None)
 
 
+def light_model(installed: list[dict[str, Any]], task: str, current: str | None) -> str | None:
+    """The installed PASD SD1.5 light model for ``task`` that Stylize switches to: the current one when
+    it is light already, else the first listed; None when there is none (the model stays)."""
+    light = [
+        m["id"]
+        for m in installed
+        if task in m.get("tasks", []) and m.get("family", "pasd") == "pasd" and m.get("variant") == "light"
+    ]
+    if current in light:
+        return current
+    return light[0] if light else None
+
+
 # --------------------------------------------------------------------------- the host's values
-_HOST_ALIASES = {"noise_level": "added_noise_level", "colour_mode": "color_mode"}
+_HOST_ALIASES = {
+    "noise_level": "added_noise_level",
+    "colour_mode": "color_mode",
+    "prompt_words": "auto_prompt_source",
+    "foreground": "faces",
+}
+_FOREGROUND = {"selection": "off", "faces": "on", "auto": "auto"}  # the plug-in's argument → faces
 
 
 _MODEL_KNOBS = (
@@ -297,6 +375,8 @@ def merge_host(settings: DialogSettings, host: dict[str, Any] | None) -> DialogS
     for source in (host, host.get("params") if isinstance(host.get("params"), dict) else {}):
         for key, value in source.items():
             name = key.replace("-", "_")
+            if name == "foreground" and isinstance(value, str):
+                value = _FOREGROUND.get(value, value)
             flat[_HOST_ALIASES.get(name, name)] = value
     given: dict[str, Any] = {}
     for name, value in flat.items():
@@ -307,12 +387,15 @@ def merge_host(settings: DialogSettings, host: dict[str, Any] | None) -> DialogS
             given["tile"] = value if isinstance(value, int) and value > 0 else None
         elif name == "scale" and isinstance(value, (int, float)) and not isinstance(value, bool):
             given["scale"] = round(value)
-        elif name in ("model", "quality_prompt", "negative_prompt") and value in ("", None):
+        elif name in ("model", "quality_prompt", "negative_prompt", "style") and value in ("", None):
             given[name] = None
         elif name in _MODEL_KNOBS and _unset_knob(name, value):
             continue  # the plug-in's 0 / -1: "the model's own", which the dialog shows already
         else:
             given[name] = value
+    if given.get("fast") is True:  # the fast mode's own steps and guidance, unless the host set them
+        given.setdefault("steps", FAST_STEPS)
+        given.setdefault("guidance", FAST_GUIDANCE)
     return DialogSettings.from_json(given, settings)
 
 
