@@ -84,16 +84,24 @@ def _cascades() -> tuple[Any, Any, Any]:
     return cv2, frontal, profile
 
 
-def _grey_u8(image: np.ndarray) -> np.ndarray:
-    """8-bit grey of an 8/16-bit or float picture (grey or colour, alpha ignored)."""
-    pixels = image if image.ndim == 3 else image[..., None]
+def _grey_u8(cv2: Any, image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """8-bit grey of an 8/16-bit or float picture (grey or colour, alpha ignored), at most
+    ``max_side`` large, and the scale it was brought to. It is scaled down first, in its own sample
+    type, so a huge scan never gets a full-size float copy."""
+    height, width = image.shape[:2]
+    ratio = min(1.0, max_side / max(height, width))
+    pixels = image
+    if ratio < 1.0:
+        size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+        pixels = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+    pixels = pixels if pixels.ndim == 3 else pixels[..., None]
     colour = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
     values = image_ops.to_float(np.ascontiguousarray(colour))
     if values.shape[2] == 3:
         grey = values[..., 0] * 0.299 + values[..., 1] * 0.587 + values[..., 2] * 0.114
     else:
         grey = values[..., 0]
-    return np.clip(np.nan_to_num(grey) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(np.nan_to_num(grey) * 255.0 + 0.5, 0, 255).astype(np.uint8), ratio
 
 
 def _score(neighbours: int, needed: int) -> float:
@@ -105,13 +113,10 @@ def detect_faces(image: np.ndarray, max_side: int = MAX_SIDE) -> list[Face]:
     """Faces in ``image`` (H×W or H×W×C, uint8/uint16/float in [0, 1]), largest first, in its pixels."""
     if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"a picture is H×W or H×W×C, not shape {image.shape}")
+    if image.ndim == 3 and not 1 <= image.shape[2] <= 4:
+        raise ValueError(f"a picture has 1 to 4 channels, not {image.shape[2]}")
     cv2, frontal, profile = _cascades()
-    grey = _grey_u8(image)
-    height, width = grey.shape
-    ratio = min(1.0, max_side / max(height, width))
-    if ratio < 1.0:
-        grey = cv2.resize(grey, (max(1, round(width * ratio)), max(1, round(height * ratio))),
-                          interpolation=cv2.INTER_AREA)  # fmt: skip
+    grey, ratio = _grey_u8(cv2, image, max_side)
     if min(grey.shape) < MIN_FACE:
         return []
     # Old scans are often flat or faded: local contrast equalisation brings faces out evenly.
