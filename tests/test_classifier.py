@@ -230,3 +230,28 @@ def test_find_describer_picks_by_source(tmp_path: Path, sure_folder: Path) -> No
     assert isinstance(find_describer("caption", tmp_path), Captioner)
     with pytest.raises(ValueError, match="unknown source"):
         find_describer("tags", tmp_path)  # type: ignore[arg-type]
+
+
+def test_engine_adds_class_words_as_modelscope_does(tmp_path: Path, one_thread: None) -> None:
+    """Through the engine and the CLI: the class joins the prompt when sure, a note says why not otherwise."""
+    from backend.engine import Engine
+    from backend.models.tiny import write_tiny_model
+    from backend.pipelines.params import RestoreParams
+
+    models = tmp_path / "models"
+    write_tiny_model(models / "tiny-full", "full", seed=1)
+    img = (np.random.default_rng(2).random((32, 40, 3)) * 255).astype(np.uint8)
+    params = RestoreParams(steps=1, seed=1, scale=1.0, process_size=256, prompt="old photo", auto_prompt=True,
+                           auto_prompt_source="classify")  # fmt: skip
+    engine = Engine(models, device="cpu")
+    missing = engine.restore(img, params, model="tiny-full")
+    assert "its model (resnet50-classifier) is not installed" in " ".join(missing.notes)
+    write_tiny_classifier(models / CLASSIFIER_MODEL_ID, sure_of="tabby")
+    sure = engine.restore(img, params, model="tiny-full")  # installed later: taken up at once
+    assert sure.prompt.startswith("old photo, tabby, ")
+    unsure_models = tmp_path / "unsure"
+    write_tiny_model(unsure_models / "tiny-full", "full", seed=1)
+    write_tiny_classifier(unsure_models / CLASSIFIER_MODEL_ID, unsure=True)
+    unsure = Engine(unsure_models, device="cpu").restore(img, params, model="tiny-full")
+    assert unsure.prompt.startswith("old photo, clean")
+    assert any(n.startswith("no class words: the classifier is not sure") for n in unsure.notes)

@@ -176,6 +176,10 @@ def test_service_lists_styles_and_runs_one_by_name(models: Path, tmp_path: Path)
         styles = {s["name"]: s for s in listing["styles"]}
         assert styles["toon"]["kind"] == "checkpoint" and styles["ink-lora"]["default_strength"] == 0.6
         assert styles["disney-unet"]["kind"] == "unet" and listing["fast_mode"] is False
+        installed = {m["id"]: m for m in listing["installed"]}
+        snapshot = installed["PASD_v2_image_super_resolutions"]  # a ModelScope folder, by name
+        assert snapshot["variant"] == "full" and snapshot["defaults"]["upscale"]["steps"] == 20
+        assert installed["PASD_image_super_resolutions"]["variant"] == "light"
         image_id = client.upload(RawImage(64, 48, 3, "uint8", img.tobytes())).id
         job = client.wait(
             client.submit(image_id, {**RUN.to_dict(), "style": "ink-lora"}, model="tiny-full").id
