@@ -238,11 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the faces as JSON instead of text")
     p.set_defaults(func=_cmd_faces)
 
+    from .batch_cli import add_batch_parser
     from .doctor import add_doctor_parser
     from .restore_cli import add_restore_parsers
     from .service.server import add_service_parsers
 
     add_restore_parsers(sub)
+    add_batch_parser(sub)
     add_service_parsers(sub)
     add_doctor_parser(sub)
     return parser
