@@ -62,7 +62,9 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> None:
         help="run on Ray actors: a local Ray (no ADDRESS) or an existing cluster; OUT_DIR must be shared",
     )
     ray.add_argument(
-        "--ray-actors", type=int, help="number of actors (default: one per GPU; without GPUs one, using every core)"
+        "--ray-actors",
+        type=int,
+        help="number of actors (default: one per GPU; without GPUs one, using every core)",
     )
     ray.add_argument(
         "--ray-gpus-per-actor", type=float, default=1.0, help="GPUs each actor holds (default 1)"
