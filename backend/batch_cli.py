@@ -59,7 +59,7 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> None:
         nargs="?",
         const="local",
         metavar="ADDRESS",
-        help="run on Ray actors: a local Ray (no ADDRESS) or an existing cluster; OUT_DIR must be shared",
+        help="run on Ray actors: a local Ray (no ADDRESS) or an existing cluster (e.g. 10.0.0.5:6379)",
     )
     ray.add_argument(
         "--ray-actors",
@@ -68,6 +68,13 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> None:
     )
     ray.add_argument(
         "--ray-gpus-per-actor", type=float, default=1.0, help="GPUs each actor holds (default 1)"
+    )
+    ray.add_argument(
+        "--ray-files",
+        choices=("shared", "send"),
+        help="shared: actors read IN_DIR and write OUT_DIR themselves (every node must see them); send: "
+        "the images' bytes travel through Ray and this machine writes the results "
+        "(default: shared for a local Ray, send for a cluster ADDRESS)",
     )
     add_knob_arguments(
         p, upscale=True, mask=False, seed_help="batch seed: each image's seed derives from it and its path"
@@ -108,7 +115,10 @@ def make_runner(args: argparse.Namespace) -> Runner:
             models_dir=args.models,
             device=args.device,
             dtype=args.dtype,
+            files=args.ray_files,
         )
+    if args.ray_files:
+        raise ValueError("--ray-files goes with --ray")
     if args.server:
         return ServerRunner(args.server, token=args.token)
     offload = {"auto": None, "on": True, "off": False}[args.offload]

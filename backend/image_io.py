@@ -526,6 +526,11 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray) -> None:
     _write_atomically(path, encode)
 
 
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write already encoded bytes (a result a Ray worker encoded) atomically, like :func:`write_image`."""
+    _write_atomically(Path(path), lambda fh: fh.write(data))
+
+
 def _write_atomically(path: Path, encode: Callable[[BinaryIO], None]) -> None:
     """Encode into a temporary file beside ``path`` and rename it over ``path`` only once complete."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")

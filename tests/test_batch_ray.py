@@ -1,9 +1,17 @@
-"""``batch --ray``: a local Ray with two CPU actors on tiny models gives a plain batch's bytes, survives a
-lost actor, and shares its manifest with plain batches (each resumes the other)."""
+"""``batch --ray``: a local Ray with two CPU actors on tiny models gives a plain batch's bytes (files shared
+or sent through Ray), shows the actors' stages, survives a lost actor, and shares its manifest with plain
+batches (each resumes the other); ``--ray ADDRESS`` does the same on a separately started cluster."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +20,7 @@ import pytest
 from backend.batch import BatchProgress, LocalRunner, Manifest, run_batch
 from backend.engine import CancelToken, Engine
 from tests.conftest import ROOT
-from tests.test_batch import make_folder, options, outputs
+from tests.test_batch import KNOBS, make_folder, options, outputs
 
 try:  # CI installs the ray extra: a missing Ray fails here, it never skips
     import ray
@@ -66,13 +74,31 @@ def ray_runner(cluster: None, models: Path) -> Iterator[RayRunner]:
     runner.close()
 
 
+@pytest.mark.parametrize("files", ["shared", "send"])
 def test_ray_batch_equals_a_plain_batch(
-    ray_runner: RayRunner, tmp_path: Path, models: Path, folder: Path, reference: Path
+    cluster: None, tmp_path: Path, models: Path, folder: Path, reference: Path, files: str
 ) -> None:
-    summary = run_batch(options(folder, tmp_path / "out", models), ray_runner)
+    seen: list[BatchProgress] = []
+    runner = RayRunner(actors=2, models_dir=models, device="cpu", files=files)
+    try:
+        summary = run_batch(options(folder, tmp_path / "out", models), runner, seen.append)
+    finally:
+        runner.close()
     assert len(summary.done) == 6 and [r.relpath for r in summary.failed] == ["sub/broken.png"]
     assert {r.worker for r in summary.done} == {"ray-0", "ray-1"}  # both actors took a share
     assert outputs(tmp_path / "out") == outputs(reference)
+    # the progress bar hears each image's stages from inside the actors, not only queued/done
+    # (the actors' latest stage is polled 4 times a second, so an image may skip a stage in between)
+    inside = {"load", "prescale", "describe", "encode", "denoise", "decode", "finish"}
+    heard = {p.current for p in seen if p.stage in inside}
+    assert len(heard) >= 3 and heard <= {r.relpath for r in summary.done + summary.failed}
+    assert "denoise" in {p.stage for p in seen}
+    for r in summary.done:
+        stages = [p.stage for p in seen if p.current == r.relpath]
+        assert stages[0] == "queued" and stages[-1] == "done"
+    broken = next(r for r in summary.failed if r.relpath == "sub/broken.png")
+    assert str(folder / "sub/broken.png") in broken.reason  # the user's file, never a temporary copy
+    assert all(0 <= p.done <= p.total == 7 for p in seen)
 
 
 def test_a_lost_actor_s_images_are_retried_elsewhere(
@@ -119,3 +145,63 @@ def test_ray_and_plain_batches_resume_each_other(
     assert sorted(resumed.already_done) == sorted(r.relpath for r in started.done)
     assert len(resumed.done) == 6 - len(started.done) and not resumed.interrupted
     assert outputs(out) == outputs(reference)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[str]:
+    """A Ray cluster started the way a studio starts one (``ray start --head``), in its own temp folder.
+
+    Its own temp folder keeps it apart from this module's in-process Ray (ray.init without an address
+    would otherwise join it). ``--block`` ties the cluster to the process: terminating it stops them all.
+    """
+    temp = Path(tempfile.mkdtemp(prefix="rayh", dir="/tmp"))  # short: Ray's socket paths have a limit
+    port = _free_port()
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("PYTHONPATH", None)  # the cluster's workers get the backend from the driver (py_modules)
+    command = [ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1"]
+    command += ["--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}"]
+    process = subprocess.Popen(
+        command, cwd=temp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not (temp / "ray_current_cluster").exists():
+            if process.poll() is not None:
+                raise RuntimeError(f"ray start failed: {process.stderr.read() if process.stderr else ''}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("ray start did not come up within 120 s")
+            time.sleep(0.5)
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_batch_on_a_ray_cluster_address(
+    head: str, tmp_path: Path, models: Path, folder: Path, reference: Path
+) -> None:
+    """``--ray ADDRESS`` from a separate process: the cluster's actors do the work, bytes travel through
+    Ray (the default for a cluster), and the result equals a plain batch's."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "backend", "batch", str(folder), str(out), "--recursive", "--seed", "11"]
+    command += ["--models", str(models), "--device", "cpu", "--ray", head, "--ray-actors", "2", *KNOBS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr  # 1: the corrupt file failed, the rest are done
+    assert re.search(r"^done\s+6$", done.stdout, re.M) and "failed  sub/broken.png" in done.stdout
+    assert outputs(out) == outputs(reference)
+    workers = {r.worker for r in Manifest(out).records() if r.state == "done"}
+    assert workers == {"ray-0", "ray-1"}
