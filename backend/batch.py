@@ -11,6 +11,7 @@ manifest, so a batch can be resumed with another runner.
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import hashlib
 import io
@@ -329,7 +330,19 @@ class Manifest:
         return {r.relpath: r for r in self.records()}
 
     def append(self, result: ItemResult) -> None:
-        """One line in one write, then fsync: a crash loses at most this line."""
+        """One line in one write, then fsync: a crash loses at most this line.
+
+        A journal that cannot be written (disk full) stops the batch: going on would redo the work.
+        """
+        try:
+            self._append(result)
+        except OSError as exc:
+            raise BatchAborted(
+                f"cannot write the batch journal {self.path}: {exc.strerror or exc}; "
+                "free some space, then run the same command again to resume"
+            ) from exc
+
+    def _append(self, result: ItemResult) -> None:
         if self._fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -402,12 +415,34 @@ def run_item(
             progress=(lambda s, i, n: progress(item.relpath, s, i, n)) if progress else None,
             cancel=cancel,
         )
-        item.output.parent.mkdir(parents=True, exist_ok=True)
-        write_image(item.output, result.image)
-    except (ImageInputError, EngineError, ParamsError) as exc:
-        return ItemResult(item.relpath, "failed", str(exc), seed=item.seed, worker=worker)
+        write_output(item, lambda: write_image(item.output, result.image))
+    except (ImageInputError, EngineError, ParamsError, OSError) as exc:
+        return ItemResult(item.relpath, "failed", _reason(exc), seed=item.seed, worker=worker)
     used = result.params.to_dict() if result.params else item.params.to_dict()
     return _done(item, result.model, used, time.perf_counter() - started, worker, len(result.faces))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot write {exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc)
+    return str(exc)
+
+
+def write_output(item: BatchItem, write: Callable[[], None]) -> None:
+    """Write an item's result; a full disk stops the batch (every next image would fail the same way),
+    any other write error fails this item only. The write itself is atomic, so nothing is half-written."""
+    try:
+        item.output.parent.mkdir(parents=True, exist_ok=True)
+        write()
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BatchAborted(
+                f"the disk is full writing {item.output}; free some space, then run the same command "
+                "again to resume (what is done is kept)"
+            ) from exc
+        if exc.filename is None:
+            exc.filename = str(item.output)
+        raise
 
 
 def run_item_on_server(
@@ -447,12 +482,11 @@ def run_item_on_server(
         array = np.frombuffer(pixels.data, dtype=pixels.dtype).reshape(
             pixels.height, pixels.width, pixels.channels
         )
-        item.output.parent.mkdir(parents=True, exist_ok=True)
-        write_image(item.output, array)
+        write_output(item, lambda: write_image(item.output, array))
     except JobCanceled as exc:
         raise Canceled(str(exc)) from exc
-    except (ImageInputError, JobFailed, ApiError) as exc:
-        return ItemResult(item.relpath, "failed", str(exc), seed=item.seed, worker="server")
+    except (ImageInputError, JobFailed, ApiError, OSError) as exc:
+        return ItemResult(item.relpath, "failed", _reason(exc), seed=item.seed, worker="server")
     info = job.result or {}
     seconds = time.perf_counter() - started
     faces = len(info.get("faces") or [])
@@ -543,11 +577,12 @@ class BatchSummary:
     seconds: float = 0.0
     seed: int = 0
     interrupted: bool = False
-    pending: int = 0  # left to do when interrupted
+    aborted: str = ""  # why the batch stopped early (a full disk), if it did
+    pending: int = 0  # left to do when interrupted or aborted
 
     @property
     def exit_code(self) -> int:
-        return 130 if self.interrupted else 1 if self.failed else 0
+        return 130 if self.interrupted else 1 if self.failed or self.aborted else 0
 
     def table(self) -> str:
         """The end-of-run report: one line per count, then every failure and skip with its reason."""
@@ -559,6 +594,8 @@ class BatchSummary:
         ]
         if self.interrupted:
             lines.append(f"{'not done (interrupted)':<22} {self.pending}")
+        elif self.aborted:
+            lines.append(f"{'not done (stopped)':<22} {self.pending}")
         lines.append(f"{'time':<22} {self.seconds:.1f} s (batch seed {self.seed})")
         for r in self.failed:
             lines.append(f"failed  {r.relpath}: {r.reason}")
@@ -657,6 +694,8 @@ def run_batch(
             report(result.relpath, result.state, 1, 1)
     except (KeyboardInterrupt, Canceled):
         summary.interrupted = True
+    except BatchAborted as exc:
+        summary.aborted = str(exc)
     finally:
         manifest.close()
     summary.pending = len(todo) - finished

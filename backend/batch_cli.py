@@ -152,6 +152,8 @@ def run_batch_cli(args: argparse.Namespace) -> int:
             bar.close()
         runner.close()
     print(summary.table())
+    if summary.aborted:
+        print(f"error: {summary.aborted}", file=sys.stderr)
     if summary.interrupted:
         print(f"interrupted; run the same command again to resume ({options.out_dir})", file=sys.stderr)
     return summary.exit_code

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batch import BatchAborted, BatchItem, ItemProgress, ItemResult, run_item
+from .batch import BatchAborted, BatchItem, ItemProgress, ItemResult, run_item, write_output
 
 if TYPE_CHECKING:
     from .engine import CancelToken
@@ -259,6 +259,12 @@ class RayRunner:
                 except ray.exceptions.RayActorError:
                     self._lost(slot, item, queue, owner)
                     continue
+                except ray.exceptions.RayTaskError as exc:  # raised inside the actor
+                    if isinstance(exc.cause, BatchAborted):  # e.g. a full disk: stop, as in process
+                        raise exc.cause from None
+                    reason = f"worker error: {type(exc.cause).__name__}: {exc.cause}"
+                    yield ItemResult(item.relpath, "failed", reason, seed=item.seed, worker=slot.name)
+                    continue
                 yield returned if self.files == "shared" else _received(item, *returned)
 
     def _relay(self, owner: dict[Any, _Slot], progress: ItemProgress) -> None:
@@ -322,8 +328,8 @@ def _received(item: BatchItem, result: ItemResult, data: bytes | None) -> ItemRe
     if data is None:
         return result
     try:
-        item.output.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(item.output, data)
+        write_output(item, lambda: write_bytes(item.output, data))
     except (OSError, ImageInputError) as exc:
-        return ItemResult(item.relpath, "failed", f"cannot write {item.output}: {exc}", seed=item.seed)
+        reason = f"cannot write {item.output}: {getattr(exc, 'strerror', None) or exc}"
+        return ItemResult(item.relpath, "failed", reason, seed=item.seed)
     return result

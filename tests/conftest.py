@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -73,3 +74,31 @@ def tiny_supir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from backend.models.supir.tiny import write_tiny_supir
 
     return write_tiny_supir(tmp_path_factory.mktemp("supir-models") / "tiny-supir", seed=7)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last block; removing the returned file and ``filler-small`` frees it."""
+    filler = disk / "filler"
+    with filler.open("wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    with contextlib.suppress(OSError), (disk / "filler-small").open("wb") as fh:
+        while True:
+            fh.write(b"\0" * 512)
+            fh.flush()
+    return filler

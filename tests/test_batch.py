@@ -30,7 +30,7 @@ from backend.batch import (
 from backend.engine import CancelToken, Engine
 from backend.image_io import read_image, read_mask, write_image
 from backend.pipelines.params import RestoreParams
-from tests.conftest import ROOT, run_backend
+from tests.conftest import ROOT, fill, run_backend
 from tests.service_server import ServerProcess
 
 MODEL = "tiny-full"
@@ -404,3 +404,27 @@ def test_torn_manifest_line_and_existing_outputs(tmp_path: Path, models: Path, e
     lines = journal.read_bytes().split(b"\n")
     assert lines[-1] == b"" and b'{"relpath": "two.png", "state": "do' in lines  # kept apart from the next
     assert Manifest(out).latest()["two.png"].state == "done"
+
+
+def test_a_full_disk_stops_the_batch_plainly_and_it_resumes_once_freed(
+    small_disk: Path, models: Path, engine: Engine, folder: Path, reference: Path
+) -> None:
+    """The first image is written, then the disk fills: the batch stops (no traceback, no half file,
+    no failure recorded against the images), and once space is freed the same batch finishes."""
+    out = small_disk / "restored"
+    filled: list[Path] = []
+
+    def progress(p: BatchProgress) -> None:
+        if p.done == 1 and not filled:  # the first result is written and journalled
+            filled.append(fill(small_disk))
+
+    stopped = run_batch(options(folder, out, models), LocalRunner(engine=engine), progress)
+    assert len(stopped.done) == 1 and not stopped.failed and stopped.exit_code == 1
+    assert "disk is full" in stopped.aborted and "run the same command again" in stopped.aborted
+    assert stopped.pending == 6 and "not done (stopped)" in stopped.table()
+    assert not [p for p in out.rglob("*.tmp")]  # no temporary file left behind
+    for filler in (*filled, small_disk / "filler-small"):
+        filler.unlink()
+    resumed = run_batch(options(folder, out, models), LocalRunner(engine=engine))
+    assert resumed.already_done == [stopped.done[0].relpath] and len(resumed.done) == 5
+    assert outputs(out) == outputs(reference)

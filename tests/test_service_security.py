@@ -6,7 +6,6 @@ raw HTTP (a browser's requests, a squatter's listener), the user's side is the o
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -36,6 +35,7 @@ from backend.client import (
 )
 from gimp_plugin import plugin_source
 
+from .conftest import fill
 from .service_server import ServerProcess, Squatter, wait_for
 
 sys.path.insert(0, str(plugin_source()))
@@ -413,33 +413,6 @@ def test_files_are_the_users_only(server: ServerProcess, stolen: dict[str, str],
 
 
 # --------------------------------------------------------------------------- full disk
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 6 MiB tmpfs (root only; skipped where mounting is not allowed)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    with filler.open("wb") as fh, contextlib.suppress(OSError):
-        while True:
-            fh.write(b"\0" * 65536)
-            fh.flush()
-    with contextlib.suppress(OSError), (disk / "filler-small").open("wb") as fh:
-        while True:
-            fh.write(b"\0" * 512)
-            fh.flush()
-    return filler
-
-
 def test_a_full_disk_fails_jobs_plainly_and_the_service_recovers(
     tiny_models: dict[str, Path], tmp_path: Path, small_disk: Path
 ) -> None:
