@@ -15,10 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backend.batch import BatchProgress, LocalRunner, Manifest, run_batch
 from backend.engine import CancelToken, Engine
+from backend.image_io import write_image
 from tests.conftest import ROOT
 from tests.test_batch import KNOBS, make_folder, options, outputs
 
@@ -99,6 +101,35 @@ def test_ray_batch_equals_a_plain_batch(
     broken = next(r for r in summary.failed if r.relpath == "sub/broken.png")
     assert str(folder / "sub/broken.png") in broken.reason  # the user's file, never a temporary copy
     assert all(0 <= p.done <= p.total == 7 for p in seen)
+
+
+def test_sent_files_carry_masks_and_per_image_prompts(
+    cluster: None, tmp_path: Path, models: Path, engine: Engine
+) -> None:
+    """``files="send"``: the mask travels with its image and a side file's prompt reaches the actor."""
+    src = tmp_path / "in"
+    (src / "album").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    write_image(src / "album" / "p1.png", rng.integers(0, 256, (40, 32, 3), dtype=np.uint8))
+    write_image(src / "p2.tif", rng.integers(0, 65536, (32, 32), dtype=np.uint16))
+    (tmp_path / "masks" / "album").mkdir(parents=True)
+    mask = np.zeros((40, 32), np.uint8)
+    mask[:20] = 255
+    write_image(tmp_path / "masks" / "album" / "p1.webp", mask)
+    side = tmp_path / "prompts.csv"
+    side.write_text("file,prompt\nalbum/p1.png,a red barn in snow\n", encoding="utf-8")
+    extra = {"masks_dir": tmp_path / "masks", "side_file": side}
+    plain = run_batch(options(src, tmp_path / "plain", models, **extra), LocalRunner(engine=engine))
+    runner = RayRunner(actors=1, models_dir=models, device="cpu", files="send")
+    try:
+        sent = run_batch(options(src, tmp_path / "sent", models, **extra), runner)
+    finally:
+        runner.close()
+    assert plain.exit_code == sent.exit_code == 0 and len(sent.done) == 2
+    assert outputs(tmp_path / "sent") == outputs(tmp_path / "plain")
+    record = next(r for r in sent.done if r.relpath == "album/p1.png")
+    assert record.params is not None and record.params["prompt"] == "a red barn in snow"
+    assert record.worker == "ray-0"
 
 
 def test_a_lost_actor_s_images_are_retried_elsewhere(
