@@ -1,9 +1,9 @@
 """``python -m backend batch IN_DIR OUT_DIR``: a folder through the engine, a server or Ray actors.
 
 Exit codes: 0 every image done, 1 some failed (the summary says which and why) or the batch stopped (a
-full disk), 2 bad usage, nothing run (including
-OUT_DIR == IN_DIR, a bad side file, or a resume with other options), 130 interrupted (run it again to
-resume; the manifest in OUT_DIR/.gdu-batch/ says what is done).
+full disk), 2 bad usage and nothing was run (including OUT_DIR == IN_DIR, a bad side file, or a resume
+with other options), 130 interrupted (run it again to resume; the manifest in OUT_DIR/.gdu-batch/ says
+what is done).
 """
 
 from __future__ import annotations

@@ -10,12 +10,12 @@ profile cascade run on the picture and its mirror image; overlapping finds are m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from . import image_ops
+from .face_box import Face
 
 DETECTOR = "opencv-haar"
 DETECTOR_LICENCE = "Intel License Agreement for Open Source Computer Vision Library (OpenCV's Haar cascades)"
@@ -28,41 +28,6 @@ _NEIGHBOURS = {"frontal": 4, "profile": 5}  # profile finds are noisier: they ne
 
 class FaceDetectionError(RuntimeError):
     """The detector cannot run (OpenCV missing or damaged); the message says how to repair it."""
-
-
-@dataclass(frozen=True)
-class Face:
-    """A face's box in the picture's pixels, how sure the detector is (0–1) and how it was found."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    score: float = 1.0
-    kind: str = "frontal"  # "frontal" | "profile" | "given" (boxes chosen by the user)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_box(cls, box: Any, kind: str = "given") -> Face:
-        """From ``[x, y, width, height]`` (JSON) with whole, positive sizes."""
-        if isinstance(box, dict):
-            box = [box.get(k) for k in ("x", "y", "width", "height")]
-        if not isinstance(box, (list, tuple)) or len(box) != 4:
-            raise ValueError("a face box is [x, y, width, height]")
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in box):
-            raise ValueError(f"a face box holds whole numbers, not {box!r}")
-        x, y, w, h = box
-        if w < 1 or h < 1 or abs(x) > 1 << 20 or abs(y) > 1 << 20 or w > 1 << 20 or h > 1 << 20:
-            raise ValueError(f"a face box needs a positive width and height, not {box!r}")
-        return cls(x, y, w, h, 1.0, kind)
-
-    def box(self) -> tuple[int, int, int, int]:
-        return (self.x, self.y, self.width, self.height)
-
-    def moved(self, dx: int, dy: int) -> Face:
-        return Face(self.x + dx, self.y + dy, self.width, self.height, self.score, self.kind)
 
 
 def _cascades() -> tuple[Any, Any, Any]:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .face_box import FACE_FEATHER, face_ellipse
+
 
 def area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a [B, C, H, W] map by area averaging.
@@ -343,22 +345,13 @@ def from_float(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     raise ValueError(f"unsupported pixel type {dtype}: expected uint8, uint16 or float")
 
 
-# A face box from a detector spans brows to chin and cheek to cheek; the region that should keep
-# the face's identity also holds the forehead, the jaw line and the ears' edge.
-FACE_WIDEN = 0.62  # ellipse half-width per box width
-FACE_HEIGHTEN = 0.80  # ellipse half-height per box height
-FACE_LIFT = 0.08  # centre raised by this much of the box height (the forehead)
-FACE_FEATHER = 0.25  # soft edge, as a fraction of the ellipse's radius (half inside, half outside)
-
-
 def face_mask(size: tuple[int, int], boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
     """Soft foreground of face boxes ``(x, y, w, h)`` over an H×W picture: feathered ellipses, not
     boxes, so a face's fidelity fades into its surroundings instead of leaving a visible seam."""
     height, width = size
     mask = np.zeros((height, width), np.float32)
     for x, y, w, h in boxes:
-        cx, cy = x + w / 2.0, y + h / 2.0 - FACE_LIFT * h
-        ax, ay = max(0.5, FACE_WIDEN * w), max(0.5, FACE_HEIGHTEN * h)
+        cx, cy, ax, ay = face_ellipse(x, y, w, h)
         reach = 1.0 + FACE_FEATHER / 2
         x0, x1 = max(0, math.floor(cx - ax * reach)), min(width, math.ceil(cx + ax * reach) + 1)
         y0, y1 = max(0, math.floor(cy - ay * reach)), min(height, math.ceil(cy + ay * reach) + 1)

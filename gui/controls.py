@@ -854,7 +854,7 @@ class Controls(QWidget):
         chosen = self.faces_panel.chosen()
         return Context(
             has_mask=self.has_mask,
-            faces=None if chosen is None else tuple(face.box for face in chosen),
+            faces=None if chosen is None else tuple(face.box() for face in chosen),
             sd15=self.sd15,
             fast=self.fast_mode is None or self.fast_ok,  # unknown yet: the backend decides
         )

@@ -63,12 +63,12 @@ from backend.client import (
     progress_text,
     repair_advice,
 )
+from backend.face_box import Face
 from backend.pipelines.params import (
     ParamsError,
 )
 
 from .controls import Controls
-from .faces import Face
 from .imaging import Rect, as_array, crop, mask_bounds, mask_to_upload, to_qimage, to_raw
 from .preview import CropView, SplitView
 from .request import Request, build_request, output_size

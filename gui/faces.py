@@ -1,23 +1,18 @@
 """Faces in the input: found by the backend, outlined on the image, switched on and off in a list.
 
 The faces that are on are sent as ``face_boxes`` (the whole image's pixels), for previews and Apply
-alike, so a framed preview gives its faces the fidelity Apply gives them. The outline is the soft
-ellipse the backend makes of a box (``backend/image_ops.py``: FACE_WIDEN, FACE_HEIGHTEN, FACE_LIFT);
-the numbers are repeated here because that module imports torch, which the dialog never loads.
+alike, so a framed preview gives its faces the fidelity Apply gives them. The outline is the ellipse
+the backend makes of a box (``backend/face_box.py``, shared with the backend's mask).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import QLabel, QListWidget, QListWidgetItem, QSizePolicy, QVBoxLayout, QWidget
 
-FACE_WIDEN = 0.62  # ellipse half-width per box width
-FACE_HEIGHTEN = 0.80  # ellipse half-height per box height
-FACE_LIFT = 0.08  # centre raised by this much of the box height (the forehead)
+from backend.face_box import Face
+
 LIST_ROWS = 3  # rows the list shows before it scrolls
 
 SEARCHING = "Looking for faces…"
@@ -25,48 +20,8 @@ NONE_FOUND = "No faces found"
 UNAVAILABLE = "Face detection is not available on this backend"
 
 
-@dataclass(frozen=True)
-class Face:
-    """A face's box in the input's pixels, as ``POST /v1/faces`` lists it."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    score: float = 1.0
-    kind: str = "frontal"
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Face:
-        return cls(
-            int(data["x"]),
-            int(data["y"]),
-            int(data["width"]),
-            int(data["height"]),
-            float(data.get("score", 1.0)),
-            str(data.get("kind", "frontal")),
-        )
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        return (self.x, self.y, self.width, self.height)
-
-    def ellipse(self) -> tuple[float, float, float, float]:
-        """Centre x, y and half-axes in input pixels: the region the backend gives the foreground
-        fidelity (before its soft edge)."""
-        return (
-            self.x + self.width / 2,
-            self.y + self.height / 2 - FACE_LIFT * self.height,
-            FACE_WIDEN * self.width,
-            FACE_HEIGHTEN * self.height,
-        )
-
-    def contains(self, x: float, y: float) -> bool:
-        cx, cy, rx, ry = self.ellipse()
-        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
-
-    def label(self, number: int) -> str:
-        return f"Face {number} ({self.width}×{self.height})"
+def face_label(face: Face, number: int) -> str:
+    return f"Face {number} ({face.width}×{face.height})"
 
 
 class FacesPanel(QWidget):
@@ -115,7 +70,7 @@ class FacesPanel(QWidget):
         self.list.blockSignals(True)
         self.list.clear()
         for number, face in enumerate(faces, 1):
-            item = QListWidgetItem(face.label(number))
+            item = QListWidgetItem(face_label(face, number))
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked)
             item.setToolTip(

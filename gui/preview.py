@@ -20,7 +20,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QApplication, QSizePolicy, QWidget
 
-from .faces import Face
+from backend.face_box import Face
+
 from .imaging import Rect
 
 

@@ -28,10 +28,10 @@ from PySide6.QtWidgets import QDialog
 
 from backend import image_ops
 from backend.client import DialogAnswer, DialogJob, write_npy
+from backend.face_box import Face
 from backend.models.registry import FAMILIES
 from backend.pipelines.params import FAST_GUIDANCE, FAST_STEPS
-from gui import faces as gui_faces
-from gui.faces import NONE_FOUND, UNAVAILABLE, Face
+from gui.faces import NONE_FOUND, UNAVAILABLE
 from gui.imaging import Rect
 from gui.settings import PRESETS, DialogSettings, light_model, merge_host, preset_named
 
@@ -128,7 +128,7 @@ def test_faces_are_found_drawn_chosen_and_sent_by_preview_and_apply(
     c = dialog.controls
     panel = found(qtbot, dialog)
     # The backend's detector finds the face; the list names it, the picture outlines it.
-    assert panel.state == "found" and [f.box for f in panel.faces] == [tuple(FACE)]
+    assert panel.state == "found" and [f.box() for f in panel.faces] == [tuple(FACE)]
     assert panel.list.count() == 1 and panel.list.item(0).text() == "Face 1 (50×50)"
     assert dialog.crop_view.faces == panel.faces and panel.on == (True,)
     # The outline is the ellipse the backend gives the fidelity, where the image is drawn.
@@ -264,16 +264,13 @@ def test_an_old_backend_without_face_detection_leaves_the_dialog_usable(
 
 
 def test_the_overlay_is_the_backends_ellipse() -> None:
-    """The dialog repeats the backend's ellipse numbers (image_ops imports torch, the dialog must not)."""
-    assert (gui_faces.FACE_WIDEN, gui_faces.FACE_HEIGHTEN, gui_faces.FACE_LIFT) == (
-        image_ops.FACE_WIDEN,
-        image_ops.FACE_HEIGHTEN,
-        image_ops.FACE_LIFT,
-    )
+    """The dialog outlines the region the backend's mask gives the foreground fidelity."""
     mask = image_ops.face_mask((256, 256), [tuple(FACE)])  # type: ignore[list-item]
     face = Face(*FACE)
     inside = [(x, y) for y in range(256) for x in range(0, 256, 3) if face.contains(x + 0.5, y + 0.5)]
+    outside = [(x, y) for y in range(256) for x in range(0, 256, 3) if not face.contains(x + 0.5, y + 0.5)]
     assert min(mask[y, x] for x, y in inside) > 0.5  # inside the outline: mostly foreground
+    assert max(mask[y, x] for x, y in outside) < 0.5  # outside: mostly background
 
 
 # --------------------------------------------------------------------------- styles
