@@ -6,7 +6,8 @@
 * ``run_batch`` with the same warm engine in this process (plan, manifest lines fsynced, sha256 of
   every output): the batch layer's overhead per image against the direct loop (target < 5 %),
 * ``run_batch`` on a local Ray with 1 and 2 CPU actors (each one thread, its model loaded before the
-  clock starts): images per minute and the scaling efficiency rate(2) / (2 × rate(1)).
+  clock starts): images per minute and the scaling efficiency rate(2) / (2 × rate(1)); and 2 actors
+  with ``files="send"`` (the bytes through Ray's object store, the driver writing the results).
 
 Direct and in-process batch runs alternate ``--repeats`` times and the best of each counts (the
 machine may be busy). Every way of running must write the same bytes.
@@ -114,20 +115,17 @@ def main() -> int:
             )
             try:
                 warm = plan_batch(options("warm"), 1).items[0]
-                for actors in (1, 2):
-                    print(f"… Ray, {actors} actor(s)", file=sys.stderr, flush=True)
-                    runner = RayRunner(actors=actors, models_dir=root / "models", device="cpu")
+                for actors, files in ((1, "shared"), (2, "shared"), (2, "send")):
+                    print(f"… Ray, {actors} actor(s), files {files}", file=sys.stderr, flush=True)
+                    runner = RayRunner(actors=actors, models_dir=root / "models", device="cpu", files=files)
                     runner.start()
                     ray.get([a.run.remote(warm) for a in runner.actors])  # each actor loads its model
-                    seconds = batch(runner, options(f"ray{actors}"))
+                    out = f"ray{actors}{files}"
+                    seconds = batch(runner, options(out))
                     runner.close()
-                    rows.append(
-                        (
-                            f"Ray, {actors} CPU actor(s)",
-                            seconds,
-                            outputs(root / f"ray{actors}") == outputs(root / "batch0"),
-                        )
-                    )
+                    name = f"Ray, {actors} CPU actor(s)"
+                    name += ", files sent through Ray" if files == "send" else ""
+                    rows.append((name, seconds, outputs(root / out) == outputs(root / "batch0")))
             finally:
                 ray.shutdown()
 
@@ -150,9 +148,11 @@ def main() -> int:
         f"target < {args.target:g} %"
     )
     ok = overhead < args.target and all(r[2] for r in rows)
-    if len(rows) == 4:
+    if len(rows) == 5:
         efficiency = rows[2][1] / (2 * rows[3][1])
         print(f"Ray scaling efficiency, 2 actors vs 1: {efficiency * 100:.0f} % (on {os.cpu_count()} cores)")
+        sent = (rows[4][1] - rows[3][1]) / n * 1000
+        print(f"sending the files through Ray instead of shared folders: {sent:+.1f} ms per image")
     return 0 if ok else 1
 
 
