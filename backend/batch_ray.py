@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import tempfile
 import time
 from collections import deque
@@ -147,6 +148,8 @@ class RayRunner:
     ) -> None:
         """``files``: "shared" (actors read and write the folders) or "send" (bytes go through Ray);
         the default is shared for a local Ray and send for a cluster ``address``."""
+        if address:
+            parse_address(address)  # a malformed address is bad usage, found before anything runs
         self.ray = _ray()
         self.address = address
         self.files = files or ("send" if address else "shared")
@@ -178,7 +181,20 @@ class RayRunner:
             else:  # local workers import this package like the driver does
                 path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
                 options.setdefault("runtime_env", {"env_vars": {"PYTHONPATH": path}})
-            ray.init(address=self.address, **options)
+            if self.address:
+                check_reachable(self.address)
+            try:
+                ray.init(address=self.address, **options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+                message = f"cannot start the batch on {where}: {exc}"
+                if self.address and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                    message += (
+                        ". If the cluster uses token authentication (the default of `ray start`), set "
+                        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to its token (`ray get-auth-token` on "
+                        "the head shows it)"
+                    )
+                raise BatchAborted(message) from exc
             self._started_ray = True
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0.0)
@@ -313,6 +329,34 @@ class RayRunner:
         if self._started_ray:
             self.ray.shutdown()
             self._started_ray = False
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """HOST:PORT (or ray://HOST:PORT, [IPv6]:PORT) of a cluster; None for ``auto``, which Ray finds."""
+    if address == "auto":
+        return None
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"--ray {address}: expected HOST:PORT (for example 10.0.0.5:6379) or ray://HOST:PORT"
+        )
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with what to do, when nothing listens at a cluster address (Ray itself retries
+    for minutes)."""
+    where = parse_address(address)
+    if where is None:
+        return
+    try:
+        with socket.create_connection(where, timeout=timeout):
+            pass
+    except OSError as exc:
+        raise BatchAborted(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): start it there with "
+            "`ray start --head --port PORT`, check the address and that the port is open to this machine"
+        ) from exc
 
 
 def _send(item: BatchItem) -> Sent:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -178,6 +179,18 @@ def test_ray_and_plain_batches_resume_each_other(
     assert outputs(out) == outputs(reference)
 
 
+TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the test cluster's own
+
+
+def _without_token() -> dict[str, str]:
+    """This environment without Ray's token settings (an in-process ray.init sets RAY_AUTH_MODE)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -194,7 +207,7 @@ def head() -> Iterator[str]:
     temp = Path(tempfile.mkdtemp(prefix="rayh", dir="/tmp"))  # short: Ray's socket paths have a limit
     port = _free_port()
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **TOKEN}
     env.pop("PYTHONPATH", None)  # the cluster's workers get the backend from the driver (py_modules)
     command = [ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1"]
     command += ["--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={temp}"]
@@ -224,15 +237,40 @@ def head() -> Iterator[str]:
 def test_batch_on_a_ray_cluster_address(
     head: str, tmp_path: Path, models: Path, folder: Path, reference: Path
 ) -> None:
-    """``--ray ADDRESS`` from a separate process: the cluster's actors do the work, bytes travel through
-    Ray (the default for a cluster), and the result equals a plain batch's."""
+    """``--ray ADDRESS`` from a separate process: without the cluster's token it is refused with what to
+    set; with it the cluster's actors do the work, bytes travel through Ray (the default for a cluster),
+    and the result equals a plain batch's."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "backend", "batch", str(folder), str(out), "--recursive", "--seed", "11"]
     command += ["--models", str(models), "--device", "cpu", "--ray", head, "--ray-actors", "2", *KNOBS]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {**_without_token(), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and "RAY_AUTH_MODE=token" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and outputs(out) == {}
+    done = subprocess.run(
+        command, cwd=ROOT, env={**env, **TOKEN}, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 1, done.stderr  # 1: the corrupt file failed, the rest are done
     assert re.search(r"^done\s+6$", done.stdout, re.M) and "failed  sub/broken.png" in done.stdout
     assert outputs(out) == outputs(reference)
     workers = {r.worker for r in Manifest(out).records() if r.state == "done"}
     assert workers == {"ray-0", "ray-1"}
+
+
+def test_a_cluster_address_nobody_listens_on_fails_in_seconds(
+    tmp_path: Path, models: Path, folder: Path
+) -> None:
+    """Ray alone retries a dead address for minutes; the batch says what to do instead, and a malformed
+    address is bad usage (exit 2) before anything runs."""
+    command = [sys.executable, "-m", "backend", "batch", str(folder), str(tmp_path / "out"), "--recursive"]
+    command += ["--models", str(models), *KNOBS, "--ray"]
+    env = {**_without_token(), "RAY_USAGE_STATS_ENABLED": "0"}
+    dead = subprocess.run(
+        [*command, f"127.0.0.1:{_free_port()}"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert dead.returncode == 1 and "cannot reach the Ray cluster" in dead.stderr, dead.stderr
+    assert "ray start --head" in dead.stderr and "Traceback" not in dead.stderr
+    command[5] = str(tmp_path / "out2")
+    malformed = subprocess.run([*command, "gpu-box"], env=env, capture_output=True, text=True, timeout=120)
+    assert malformed.returncode == 2 and "expected HOST:PORT" in malformed.stderr
+    assert not (tmp_path / "out2").exists()  # bad usage: nothing was started
