@@ -4,8 +4,10 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -102,3 +104,15 @@ def fill(disk: Path) -> Path:
             fh.write(b"\0" * 512)
             fh.flush()
     return filler
+
+
+def screenshot(widget: Any, name: str) -> Path:
+    """Save a widget's picture; into docs/images/ (the README's pictures) only with
+    GDU_UPDATE_SCREENSHOTS=1, so a test run leaves the checkout as it was."""
+    if os.environ.get("GDU_UPDATE_SCREENSHOTS") == "1":
+        path = ROOT / "docs" / "images" / name
+    else:
+        path = Path(tempfile.gettempdir()) / "gdu-screenshots" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert widget.grab().save(str(path)), path
+    return path

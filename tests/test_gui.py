@@ -41,13 +41,13 @@ from gui.app import job_input, main
 from gui.dialog import RestoreDialog
 from gui.imaging import Rect
 from gui.settings import PRESETS, DialogSettings, SettingsStore, merge_host
+from tests.conftest import screenshot
 from tests.service_server import ROOT, ServerProcess, wait_for
 
 PASD = FAMILIES["pasd"].defaults["upscale"]
 SDXL = FAMILIES["pasd-sdxl"].defaults["upscale"]
 UPSCALE_NEGATIVE_PROMPT = PASD.negative_prompt
 
-SCREENSHOT = ROOT / "docs" / "images" / "dialog.png"
 # The host's settings for most tests (the plug-in hands its last values over the same way): quick runs.
 FAST = {"steps": 2, "process_size": 256}
 CROP = 48  # preview crop side for the tests (the dialog's default is 256)
@@ -462,8 +462,7 @@ def test_preview_runs_the_crop_and_shows_before_and_after(
     qtbot.waitUntil(lambda: dialog.estimate_label.text().startswith("Expected: Preview"), timeout=30000)
     assert "loading the model" not in dialog.estimate_label.text()  # the preview has loaded it
     assert " 0 s" not in dialog.estimate_label.text()  # "under 1 s", never "0 s"
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert dialog.grab().save(str(SCREENSHOT))
+    screenshot(dialog, "dialog.png")  # the README's picture
     # Changing a knob marks the after picture as older; moving the crop clears it.
     c.guidance.setValue(9.0)
     assert dialog.split_view.labels == ("Before", "After (earlier settings)")
@@ -719,7 +718,7 @@ def test_supir_shows_its_sampler_its_presets_and_its_terms_before_download(
         if area is not None:  # scrolled to SUPIR's rows at the end of Advanced
             area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())
         qtbot.wait(100)
-        assert dialog.grab().save(str(SCREENSHOT.with_name("dialog-supir.png")))  # README shows it
+        screenshot(dialog, "dialog-supir.png")  # README shows it
         c.restoration.setValue(0.0)
         assert dialog.request().params["restoration"] is None and c.restoration.text() == "Off"
 

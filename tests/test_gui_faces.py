@@ -35,11 +35,11 @@ from gui.faces import NONE_FOUND, UNAVAILABLE
 from gui.imaging import Rect
 from gui.settings import PRESETS, DialogSettings, light_model, merge_host, preset_named
 
-from .service_server import ROOT, ServerProcess
+from .conftest import screenshot
+from .service_server import ServerProcess
 from .test_gui import items, open_dialog, raw
 
 PASD = FAMILIES["pasd"].defaults["upscale"]
-SCREENSHOT = ROOT / "docs" / "images" / "dialog-faces.png"
 QUICK = {"params": {"steps": 2, "process_size": 256}}
 FACE = [88, 32, 50, 50]  # where the backend's detector finds the astronaut's face at 256 × 256
 
@@ -174,8 +174,7 @@ def test_faces_are_found_drawn_chosen_and_sent_by_preview_and_apply(
     choose(c.foreground, "on")
     dialog.crop_view.set_crop(Rect(64, 8, 96, 96))  # the frame over the face
     c.foreground.setFocus()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert dialog.grab().save(str(SCREENSHOT))  # for the README
+    screenshot(dialog, "dialog-faces.png")  # for the README
 
     # A preview of the frame sends the same face, in the whole image's pixels.
     image_id = dialog.uploads["image"]  # sent once, to look for faces
