@@ -175,14 +175,13 @@ class RayRunner:
         if not ray.is_initialized():
             options = {"include_dashboard": False, "log_to_driver": False, **self.init_options}
             if self.address:
+                check_reachable(self.address)
                 # A cluster's workers get this very backend package (same code → same pixels); they
                 # need its dependencies installed (pip install gimp-diffusion-upscale[ray] on each node).
                 options.setdefault("runtime_env", {"py_modules": [str(ROOT / "backend")]})
             else:  # local workers import this package like the driver does
                 path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
                 options.setdefault("runtime_env", {"env_vars": {"PYTHONPATH": path}})
-            if self.address:
-                check_reachable(self.address)
             try:
                 ray.init(address=self.address, **options)
             except (ConnectionError, RuntimeError, ValueError) as exc:

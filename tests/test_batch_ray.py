@@ -22,14 +22,19 @@ import pytest
 from backend.batch import BatchProgress, LocalRunner, Manifest, run_batch
 from backend.engine import CancelToken, Engine
 from backend.image_io import write_image
+from tests import test_batch
 from tests.conftest import ROOT
-from tests.test_batch import KNOBS, make_folder, options, outputs
+from tests.test_batch import KNOBS, options, outputs
 
 try:  # CI installs the ray extra: a missing Ray fails here, it never skips
     import ray
 except ImportError as exc:  # pragma: no cover - a broken set-up
     raise RuntimeError("Ray is not installed: pip install -e '.[ray]' (CI does)") from exc
 from backend.batch_ray import RayRunner
+
+# test_batch's fixtures: the same tiny model, engine, folder and uninterrupted reference batch
+models, engine = test_batch.models, test_batch.engine
+folder, reference = test_batch.folder, test_batch.reference
 
 
 @pytest.fixture(scope="module")
@@ -43,30 +48,6 @@ def cluster() -> Iterator[None]:
     )
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def models(tiny_models: dict[str, Path]) -> Path:
-    return tiny_models["full"].parent
-
-
-@pytest.fixture(scope="module")
-def engine(models: Path, one_thread: None) -> Engine:
-    return Engine(models, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("ray-in")
-    make_folder(src)
-    return src
-
-
-@pytest.fixture(scope="module")
-def reference(folder: Path, models: Path, engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ray-reference")
-    run_batch(options(folder, out, models), LocalRunner(engine=engine))
-    return out
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from gui.faces import NONE_FOUND, UNAVAILABLE
 from gui.imaging import Rect
 from gui.settings import PRESETS, DialogSettings, light_model, merge_host, preset_named
 
+from . import test_gui
 from .conftest import screenshot
 from .service_server import ServerProcess
 from .test_gui import items, open_dialog, raw
@@ -42,6 +43,7 @@ from .test_gui import items, open_dialog, raw
 PASD = FAMILIES["pasd"].defaults["upscale"]
 QUICK = {"params": {"steps": 2, "process_size": 256}}
 FACE = [88, 32, 50, 50]  # where the backend's detector finds the astronaut's face at 256 × 256
+user_folders = test_gui.user_folders  # autouse: the real user's settings are never read or written
 
 
 def portrait() -> np.ndarray:
@@ -108,14 +110,6 @@ def models(tiny_models: dict[str, Path], tiny_sdxl: Path, tmp_path_factory: pyte
 def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with ServerProcess(models, tmp_path_factory.mktemp("faces-server")) as running:
         yield running
-
-
-@pytest.fixture(autouse=True)
-def user_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test has its own per-user folders: the real user's settings are never read or written."""
-    for var, name in (("GDU_CONFIG_DIR", "config"), ("GDU_LOG_DIR", "logs"), ("GDU_DATA_DIR", "data")):
-        monkeypatch.setenv(var, str(tmp_path / name))
-    return tmp_path / "config"
 
 
 # --------------------------------------------------------------------------- faces
